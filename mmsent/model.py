@@ -1,0 +1,245 @@
+"""The BERT + CNN fusion classifier.
+
+Both encoders produce token sequences (WordPiece tokens; CNN feature-map cells), a fusion head
+turns them into logits plus a per-modality contribution. ``has_text`` / ``has_image`` (float 0/1
+per example) switch a modality off, so text-only and image-only requests are first-class and the
+same masks drive modality dropout in training. Everything is tensor-in / tensor-out so the whole
+model traces into one TorchScript file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmsent.config import ModelConfig
+from mmsent.encoders import build_image_encoder, build_text_encoder
+
+_EPS = 1e-6
+
+
+def _normalise(parts: Tensor) -> Tensor:
+    """Scale non-negative (B, 2) contributions to sum to 1 (all-zero rows stay zero)."""
+    return parts / parts.sum(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+def _masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
+    weights = mask.unsqueeze(-1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class FusionHead(nn.Module):
+    """Common part of every strategy: project both modalities to ``fusion_dim``."""
+
+    def __init__(self, text_dim: int, image_dim: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.fusion_dim
+        self.text_proj = nn.Sequential(nn.Linear(text_dim, d), nn.LayerNorm(d))
+        self.image_proj = nn.Sequential(nn.Linear(image_dim, d), nn.LayerNorm(d))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def project(
+        self,
+        text_tokens: Tensor,
+        text_mask: Tensor,
+        image_tokens: Tensor,
+        has_text: Tensor,
+        has_image: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Projected text tokens, projected image tokens, and the effective text token mask."""
+        t = self.text_proj(text_tokens)
+        i = self.image_proj(image_tokens)
+        tmask = text_mask.to(t.dtype) * has_text.to(t.dtype).unsqueeze(1)
+        return t, i, tmask
+
+
+class AttentionFusion(FusionHead):
+    """A learned query attends over [null, text tokens, image cells] with multi-head attention.
+
+    The attention mass landing on text vs image tokens is the contribution. The always-visible
+    null token keeps the softmax defined when a modality is missing.
+    """
+
+    def __init__(self, text_dim: int, image_dim: int, cfg: ModelConfig) -> None:
+        super().__init__(text_dim, image_dim, cfg)
+        d = cfg.fusion_dim
+        self.query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.null = nn.Parameter(torch.zeros(1, 1, d))
+        self.modality = nn.Parameter(torch.randn(2, d) * 0.02)
+        self.attn = nn.MultiheadAttention(d, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.norm2 = nn.LayerNorm(d)
+        self.classifier = nn.Linear(d, cfg.num_labels)
+
+    def forward(
+        self,
+        text_tokens: Tensor,
+        text_mask: Tensor,
+        image_tokens: Tensor,
+        has_text: Tensor,
+        has_image: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        t, i, tmask = self.project(text_tokens, text_mask, image_tokens, has_text, has_image)
+        batch, n_text, n_img = t.shape[0], t.shape[1], i.shape[1]
+        keys = torch.cat(
+            [self.null.expand(batch, 1, -1), t + self.modality[0], i + self.modality[1]], dim=1
+        )
+        ignore = torch.cat(
+            [
+                torch.zeros(batch, 1, dtype=torch.bool, device=t.device),
+                tmask <= 0,
+                (has_image <= 0).unsqueeze(1).expand(batch, n_img),
+            ],
+            dim=1,
+        )
+        query = self.query.expand(batch, 1, -1)
+        out, weights = self.attn(query, keys, keys, key_padding_mask=ignore, need_weights=True)
+        h = self.norm1(query[:, 0] + self.dropout(out[:, 0]))
+        h = self.norm2(h + self.dropout(self.ffn(h)))
+        logits = self.classifier(self.dropout(h))
+        w = weights[:, 0]  # (B, 1 + T + N), averaged over heads
+        parts = torch.stack([w[:, 1 : 1 + n_text].sum(-1), w[:, 1 + n_text :].sum(-1)], dim=-1)
+        return logits, _normalise(parts)
+
+
+class ConcatFusion(FusionHead):
+    """Early fusion: pooled text and image vectors concatenated into an MLP.
+
+    Contribution = norm of each modality's share of the first layer's pre-activation.
+    """
+
+    def __init__(self, text_dim: int, image_dim: int, cfg: ModelConfig) -> None:
+        super().__init__(text_dim, image_dim, cfg)
+        d = cfg.fusion_dim
+        self.from_text = nn.Linear(d, 2 * d, bias=False)
+        self.from_image = nn.Linear(d, 2 * d, bias=False)
+        self.from_presence = nn.Linear(2, 2 * d)
+        self.mlp = nn.Sequential(
+            nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(2 * d, cfg.num_labels)
+        )
+
+    def forward(
+        self,
+        text_tokens: Tensor,
+        text_mask: Tensor,
+        image_tokens: Tensor,
+        has_text: Tensor,
+        has_image: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        t, i, tmask = self.project(text_tokens, text_mask, image_tokens, has_text, has_image)
+        presence = torch.stack([has_text, has_image], dim=-1).to(t.dtype)
+        tv = self.from_text(self.dropout(_masked_mean(t, tmask))) * presence[:, :1]
+        iv = self.from_image(self.dropout(i.mean(1))) * presence[:, 1:]
+        logits = self.mlp(tv + iv + self.from_presence(presence))
+        parts = torch.stack([tv.norm(dim=-1), iv.norm(dim=-1)], dim=-1)
+        return logits, _normalise(parts)
+
+
+class LateFusion(FusionHead):
+    """Late fusion: one classifier per modality, logits averaged over the modalities present."""
+
+    def __init__(self, text_dim: int, image_dim: int, cfg: ModelConfig) -> None:
+        super().__init__(text_dim, image_dim, cfg)
+        d = cfg.fusion_dim
+        self.text_classifier = nn.Sequential(
+            nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, cfg.num_labels)
+        )
+        self.image_classifier = nn.Sequential(
+            nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, cfg.num_labels)
+        )
+
+    def forward(
+        self,
+        text_tokens: Tensor,
+        text_mask: Tensor,
+        image_tokens: Tensor,
+        has_text: Tensor,
+        has_image: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        t, i, tmask = self.project(text_tokens, text_mask, image_tokens, has_text, has_image)
+        text_logits = self.text_classifier(self.dropout(_masked_mean(t, tmask)))
+        image_logits = self.image_classifier(self.dropout(i.mean(1)))
+        weights = _normalise(torch.stack([has_text, has_image], dim=-1).to(t.dtype))
+        logits = weights[:, :1] * text_logits + weights[:, 1:] * image_logits
+        return logits, weights
+
+
+HEADS: dict[str, type[FusionHead]] = {
+    "attention": AttentionFusion,
+    "concat": ConcatFusion,
+    "late": LateFusion,
+}
+
+
+class FusionSentimentModel(nn.Module):
+    """Text encoder + image encoder + fusion head; returns (logits, contributions[text, image])."""
+
+    def __init__(self, text_encoder: nn.Module, image_encoder: nn.Module, head: FusionHead) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self.head = head
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+    def encode_image(self, pixel_values: Tensor) -> Tensor:
+        return self.image_encoder(pixel_values).flatten(2).transpose(1, 2)  # (B, cells, C)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        pixel_values: Tensor,
+        has_text: Tensor,
+        has_image: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        text_tokens = self.encode_text(input_ids, attention_mask)
+        image_tokens = self.encode_image(pixel_values)
+        return self.head(text_tokens, attention_mask, image_tokens, has_text, has_image)
+
+
+def build_model(cfg: ModelConfig) -> FusionSentimentModel:
+    """Build the model with pretrained encoders as named in ``cfg`` and a fresh head."""
+    text_encoder, text_dim = build_text_encoder(cfg.text_encoder)
+    image_encoder, image_dim = build_image_encoder(cfg.image_backbone, cfg.image_weights)
+    head = HEADS[cfg.fusion](text_dim, image_dim, cfg)
+    return FusionSentimentModel(text_encoder, image_encoder, head).eval()
+
+
+def save_checkpoint(
+    model: FusionSentimentModel,
+    cfg: ModelConfig,
+    path: str | Path,
+    include_encoders: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save the head (always) and the encoders (only when they were fine-tuned).
+
+    A frozen-encoder checkpoint is a few MB and is rebuilt on top of the same registry weights.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {"config": cfg.to_dict(), "head": model.head.state_dict()}
+    if include_encoders:
+        payload["text_encoder"] = model.text_encoder.state_dict()
+        payload["image_encoder"] = model.image_encoder.state_dict()
+    payload["extra"] = extra or {}
+    torch.save(payload, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[FusionSentimentModel, ModelConfig, dict[str, Any]]:
+    """Rebuild a model from :func:`save_checkpoint` output; returns (model, config, extra)."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=False)
+    cfg = ModelConfig.from_dict(payload["config"])
+    model = build_model(cfg)
+    model.head.load_state_dict(payload["head"])
+    if "text_encoder" in payload:
+        model.text_encoder.load_state_dict(payload["text_encoder"])
+        model.image_encoder.load_state_dict(payload["image_encoder"])
+    return model.eval(), cfg, payload.get("extra", {})

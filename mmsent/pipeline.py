@@ -1,0 +1,174 @@
+"""Framework-neutral request pipeline: raw requests -> batch tensors -> model -> JSON answers.
+
+A model server only has to call :meth:`SentimentPipeline.preprocess`, ``infer`` and
+``postprocess`` (or ``predict``) with the list of requests it batched. Every per-item failure is
+captured as a :class:`RequestError` in that item's slot, so one bad request never fails its batch
+mates. Nothing here imports TorchServe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mmsent.config import MODALITIES, ModelConfig
+from mmsent.errors import RequestError
+from mmsent.imaging import decode_image
+from mmsent.payload import Item, parse_item
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILENAME = "model.pt"
+Model = Callable[..., tuple[Tensor, Tensor]]
+
+
+@dataclass
+class Batch:
+    """The valid part of a server batch as tensors, plus an error for each invalid slot."""
+
+    size: int  # requests in the server's batch, valid or not
+    rows: list[int] = field(default_factory=list)  # batch slot of each tensor row
+    errors: dict[int, RequestError] = field(default_factory=dict)
+    truncated: list[bool] = field(default_factory=list)
+    modalities: list[list[str]] = field(default_factory=list)
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class SentimentPipeline:
+    """Everything between a request's bytes and its JSON answer, batched."""
+
+    def __init__(self, model: Model, tokenizer: Any, cfg: ModelConfig, device: str = "cpu"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, device: str = "cpu") -> SentimentPipeline:
+        """Load an exported model folder / unpacked archive: model.pt, config, tokenizer files."""
+        from transformers import BertTokenizerFast
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        model_dir = Path(model_dir)
+        cfg = ModelConfig.load(model_dir)
+        with warnings.catch_warnings():  # torch.jit's deprecation notice; the format is ours
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\..*` is deprecated")
+            model = torch.jit.load(str(model_dir / MODEL_FILENAME), map_location=device).eval()
+        tokenizer = BertTokenizerFast.from_pretrained(str(model_dir))
+        return cls(model, tokenizer, cfg, device)
+
+    # -- decode -> tokenize/preprocess ------------------------------------------------------
+    def preprocess(self, requests: Sequence[Mapping[str, Any]]) -> Batch:
+        """Validate and decode every request, then tokenize all texts in ONE tokenizer call."""
+        start = time.perf_counter()
+        batch = Batch(size=len(requests))
+        items: list[Item] = []
+        images: list[Tensor | None] = []
+        for slot, raw in enumerate(requests):
+            try:
+                item = parse_item(raw)
+                image = decode_image(item.image, self.cfg) if item.image is not None else None
+            except RequestError as err:
+                batch.errors[slot] = err
+                continue
+            except Exception as exc:  # a bug must still only cost this one item
+                logger.exception("unexpected error preparing request %d", slot)
+                batch.errors[slot] = RequestError(f"internal error: {type(exc).__name__}", 500)
+                continue
+            batch.rows.append(slot)
+            items.append(item)
+            images.append(image)
+            batch.modalities.append(
+                [m for m, v in zip(MODALITIES, (item.text, image), strict=True) if v is not None]
+            )
+        if items:
+            batch.tensors = self._to_tensors(items, images, batch)
+        batch.timings_ms["preprocess"] = (time.perf_counter() - start) * 1000
+        return batch
+
+    def _to_tensors(
+        self, items: list[Item], images: list[Tensor | None], batch: Batch
+    ) -> dict[str, Tensor]:
+        max_chars = self.cfg.limits.max_text_chars
+        texts = [(it.text or "")[:max_chars] for it in items]
+        enc = self.tokenizer(
+            texts,
+            padding="longest",
+            truncation=True,
+            max_length=self.cfg.max_text_length,
+            return_tensors="pt",
+        )
+        batch.truncated = [
+            len(it.text or "") > max_chars or bool(e.overflowing)
+            for it, e in zip(items, enc.encodings, strict=True)
+        ]
+        size = self.cfg.image_size
+        blank = torch.zeros(3, size, size)
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "pixel_values": torch.stack([blank if im is None else im for im in images]),
+            "has_text": torch.tensor([float(it.text is not None) for it in items]),
+            "has_image": torch.tensor([float(im is not None) for im in images]),
+        }
+
+    # -- model ------------------------------------------------------------------------------
+    def infer(self, batch: Batch) -> tuple[Tensor, Tensor] | None:
+        """Run the model on the valid rows; returns (probabilities, contributions) on CPU."""
+        if not batch.rows:
+            return None
+        start = time.perf_counter()
+        t = {k: v.to(self.device, non_blocking=True) for k, v in batch.tensors.items()}
+        with torch.inference_mode():
+            logits, contributions = self.model(
+                t["input_ids"],
+                t["attention_mask"],
+                t["pixel_values"],
+                t["has_text"],
+                t["has_image"],
+            )
+            probs = torch.softmax(logits.float(), dim=-1).cpu()
+            contributions = contributions.float().cpu()
+        batch.timings_ms["inference"] = (time.perf_counter() - start) * 1000
+        return probs, contributions
+
+    # -- answer -----------------------------------------------------------------------------
+    def postprocess(
+        self, batch: Batch, outputs: tuple[Tensor, Tensor] | None
+    ) -> list[dict[str, Any]]:
+        """One JSON-ready dict per request slot, in request order (errors included)."""
+        answers: list[dict[str, Any]] = [
+            batch.errors[s].to_dict() if s in batch.errors else {} for s in range(batch.size)
+        ]
+        if outputs is None:
+            return answers
+        probs, contributions = outputs
+        labels = self.cfg.labels
+        timings = {k: round(v, 2) for k, v in batch.timings_ms.items()}
+        for row, slot in enumerate(batch.rows):
+            p = probs[row].tolist()
+            c = contributions[row].tolist()
+            answers[slot] = {
+                "label": labels[max(range(len(p)), key=p.__getitem__)],
+                "probabilities": {name: round(v, 6) for name, v in zip(labels, p, strict=True)},
+                "contributions": {m: round(v, 4) for m, v in zip(MODALITIES, c, strict=True)},
+                "modalities": batch.modalities[row],
+                "text_truncated": batch.truncated[row],
+                "batch_size": batch.size,
+                "timings_ms": timings,
+            }
+        return answers
+
+    def predict(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        batch = self.preprocess(requests)
+        return self.postprocess(batch, self.infer(batch))
