@@ -35,6 +35,7 @@ class FusionSentimentHandler(BaseHandler):
         use_cuda = torch.cuda.is_available() and gpu_id is not None
         device = f"cuda:{gpu_id}" if use_cuda else "cpu"
         self.pipeline = SentimentPipeline.from_dir(props["model_dir"], device)
+        self.pipeline.warmup()
         self.context = context
         self.initialized = True
         logger.info("fusion sentiment model loaded on %s", device)
