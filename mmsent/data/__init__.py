@@ -1,0 +1,13 @@
+"""Datasets: the manifest format, the real-parts image-text benchmark, and the MVSA loaders."""
+
+from mmsent.data.labels import PAIR_TYPES, fuse_labels, pair_type
+from mmsent.data.manifest import Example, read_manifest, write_manifest
+
+__all__ = [
+    "PAIR_TYPES",
+    "Example",
+    "fuse_labels",
+    "pair_type",
+    "read_manifest",
+    "write_manifest",
+]
