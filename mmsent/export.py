@@ -59,7 +59,9 @@ def quiet_tracing() -> Iterator[None]:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\..*` is deprecated")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"transformers")
+        # shape assertions inside transformers / nn.MultiheadAttention that trace as constants
+        for module in (r"transformers", r"torch\.nn\.functional"):
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=module)
         warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated")
         yield
 
