@@ -258,11 +258,14 @@ def markdown_report(results: dict[str, Any], command: str | None = None) -> str:
                 lines += ["", f"Mean text contribution on text+image examples: {share:.2f}"]
             lines.append("")
     if results.get("agreement"):
-        lines += ["## Export agreement", "", "| comparison | top-1 agreement | max prob diff |",
-                  "|---|---|---|"]
+        lines += ["## Export agreement (serving pipeline on raw examples)", "",
+                  "| variant | top-1 agreement with eager | max prob diff | accuracy | "
+                  "examples/s |", "|---|---|---|---|---|"]
         for name, a in results["agreement"].items():
-            lines.append(f"| {name} | {_fmt(a['top1_agreement'])} | "
-                         f"{a['max_abs_prob_diff']:.2e} |")
+            top1 = _fmt(a["top1_agreement"]) if "top1_agreement" in a else "-"
+            diff = f"{a['max_abs_prob_diff']:.2e}" if "max_abs_prob_diff" in a else "-"
+            lines.append(f"| {name} | {top1} | {diff} | {_fmt(a.get('accuracy'))} | "
+                         f"{a.get('examples_per_s', 0):.1f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -361,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", default="results/eval")
+    parser.add_argument("--export-agreement", type=int, default=0, metavar="N",
+                        help="also run the first --model as eager / TorchScript / int8 TorchScript "
+                             "through the serving pipeline on N raw examples of the first split")
     parser.add_argument("--docs", default=None,
                         help="also copy report.md and the test-split PNGs here (e.g. docs/eval)")
     args = parser.parse_args(argv)
@@ -380,7 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     results = evaluate_models(args.manifest, specs, args.splits, args.cache_dir, args.train_split)
     command = "python scripts/evaluate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    paths = write_report(results, args.out, command)
+    agreement = None
+    if args.export_agreement and args.model:
+        from mmsent.export_check import export_agreement
+
+        agreement = export_agreement(args.manifest, specs[0].path, args.splits[0],
+                                     args.export_agreement)
+    paths = write_report(results, args.out, command, agreement)
     if args.docs:
         docs = Path(args.docs)
         docs.mkdir(parents=True, exist_ok=True)

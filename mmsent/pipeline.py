@@ -53,19 +53,27 @@ class SentimentPipeline:
         self.cfg = cfg
         self.device = torch.device(device)
 
-    @classmethod
-    def from_dir(cls, model_dir: str | Path, device: str = "cpu") -> SentimentPipeline:
-        """Load an exported model folder / unpacked archive: model.pt, config, tokenizer files."""
+    @staticmethod
+    def load_tokenizer(cfg_or_dir: ModelConfig | str | Path) -> Any:
+        """The fast (Rust) BERT tokenizer from an exported folder, or the one ``cfg`` names."""
         from transformers import BertTokenizerFast
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if isinstance(cfg_or_dir, ModelConfig):
+            from mmsent.encoders import tokenizer_dir
+
+            cfg_or_dir = tokenizer_dir(cfg_or_dir.text_encoder)
+        return BertTokenizerFast.from_pretrained(str(cfg_or_dir))
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, device: str = "cpu") -> SentimentPipeline:
+        """Load an exported model folder / unpacked archive: model.pt, config, tokenizer files."""
         model_dir = Path(model_dir)
         cfg = ModelConfig.load(model_dir)
         with warnings.catch_warnings():  # torch.jit's deprecation notice; the format is ours
             warnings.filterwarnings("ignore", message=r"`torch\.jit\..*` is deprecated")
             model = torch.jit.load(str(model_dir / MODEL_FILENAME), map_location=device).eval()
-        tokenizer = BertTokenizerFast.from_pretrained(str(model_dir))
-        return cls(model, tokenizer, cfg, device)
+        return cls(model, cls.load_tokenizer(model_dir), cfg, device)
 
     # -- decode -> tokenize/preprocess ------------------------------------------------------
     def preprocess(self, requests: Sequence[Mapping[str, Any]]) -> Batch:

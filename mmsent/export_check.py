@@ -1,0 +1,72 @@
+"""Do the exported variants answer like the eager model? Checked through the serving pipeline.
+
+Eager, TorchScript and dynamic-int8 TorchScript each sit behind the same
+:class:`~mmsent.pipeline.SentimentPipeline` (same decoding, same tokenization), fed the raw text
+and image files of a manifest split, so any difference is the export's alone.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmsent.data.manifest import read_manifest
+from mmsent.evaluate import prediction_agreement
+from mmsent.export import export_model_dir
+from mmsent.model import load_checkpoint
+from mmsent.pipeline import SentimentPipeline
+
+
+def _requests(manifest: Path, split: str, limit: int) -> tuple[list[dict[str, Any]], list[str]]:
+    rows, labels = [], []
+    for example in read_manifest(manifest, split=split)[:limit]:
+        image = example.image_path(manifest.parent)
+        rows.append({
+            "text": example.text.encode() if example.text is not None else None,
+            "image": image.read_bytes() if image is not None else None,
+        })
+        labels.append(example.label)
+    return rows, labels
+
+
+def _probabilities(
+    pipeline: SentimentPipeline, rows: list[dict[str, Any]], batch: int
+) -> tuple[torch.Tensor, float]:
+    started = time.perf_counter()
+    answers = []
+    for i in range(0, len(rows), batch):
+        answers += pipeline.predict(rows[i : i + batch])
+    elapsed = time.perf_counter() - started
+    labels = pipeline.cfg.labels
+    return torch.tensor([[a["probabilities"][k] for k in labels] for a in answers]), elapsed
+
+
+def export_agreement(
+    manifest: str | Path, checkpoint: str | Path, split: str = "test", limit: int = 300,
+    batch: int = 16,
+) -> dict[str, dict[str, float]]:
+    """Agreement of TorchScript and int8 TorchScript with eager on ``limit`` raw examples."""
+    manifest = Path(manifest)
+    model, cfg, _ = load_checkpoint(checkpoint)
+    rows, gold = _requests(manifest, split, limit)
+    eager = SentimentPipeline(model, SentimentPipeline.load_tokenizer(cfg), cfg)
+    variants = {"eager": eager}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, int8 in (("torchscript", False), ("torchscript int8", True)):
+            export_model_dir(model, cfg, Path(tmp) / name.replace(" ", "_"), int8=int8)
+            variants[name] = SentimentPipeline.from_dir(Path(tmp) / name.replace(" ", "_"))
+        probs = {name: _probabilities(p, rows, batch) for name, p in variants.items()}
+    reference = probs["eager"][0]
+    out: dict[str, dict[str, float]] = {}
+    for name, (table, seconds) in probs.items():
+        entry = prediction_agreement(reference, table) if name != "eager" else {}
+        entry["accuracy"] = sum(
+            cfg.labels[i] == g for i, g in zip(table.argmax(-1).tolist(), gold, strict=True)
+        ) / len(gold)
+        entry["examples_per_s"] = len(rows) / seconds
+        out[f"{name} vs eager" if name != "eager" else "eager"] = entry
+    return out
