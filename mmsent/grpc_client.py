@@ -1,0 +1,182 @@
+"""gRPC client for TorchServe: predictions with the same payload forms as REST, plus management.
+
+The request goes in the ``input`` map exactly like multipart form fields
+(``{"text": b"...", "image": <raw image bytes>}``), which ``mmsent.payload`` parses identically
+to REST, so gRPC and REST answers are the same JSON. Stubs are generated from the installed
+TorchServe jar on first import when missing (see :mod:`mmsent.grpc_codegen`), so a fresh clone
+works without an extra step.
+
+Errors: TorchServe 0.12's gRPC frontend DROPS the per-item HTTP status the handler sets: a bad
+item comes back with gRPC status ``OK`` and the handler's error JSON (``{"error": msg, "code":
+400}``) as the prediction bytes (measured; tests/test_grpc.py pins it). Frontend-level failures
+(unknown model, queue full, worker died) do arrive as gRPC errors (e.g. ``INTERNAL`` + details).
+Both become a :class:`PredictionError` here, so callers never mistake an error body for an
+answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from mmsent.grpc_codegen import generate_stubs, is_current
+
+if not is_current():  # a fresh clone / upgraded torchserve: build the stubs once
+    generate_stubs()
+
+from google.protobuf import empty_pb2  # noqa: E402
+
+from mmsent.grpc_stubs import (  # noqa: E402
+    inference_pb2,
+    inference_pb2_grpc,
+    management_pb2,
+    management_pb2_grpc,
+)
+
+DEFAULT_TARGET = "127.0.0.1:7070"
+DEFAULT_MANAGEMENT_TARGET = "127.0.0.1:7071"
+# Matches config.properties max_request_size / max_response_size (20 MiB): gRPC's 4 MB default
+# would reject an ordinary phone photo before TorchServe ever saw it.
+MAX_MESSAGE_BYTES = 20 * 1024 * 1024
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+
+
+# What a handler's HTTP-style status means in gRPC terms (for callers that think in gRPC codes).
+HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class PredictionError(RuntimeError):
+    """A prediction the server refused or failed.
+
+    ``grpc_code``: the status the server actually returned (``OK`` for a handler error body);
+    ``status``: the HTTP-style status the handler chose (400, 413, ...) when known, else None;
+    ``code``: the gRPC-equivalent code of that error (``INVALID_ARGUMENT`` for a 400 item, or the
+    transport code for a frontend failure); ``message``: the server's words.
+    """
+
+    def __init__(
+        self, grpc_code: grpc.StatusCode, message: str, status: int | None = None
+    ) -> None:
+        self.grpc_code = grpc_code
+        self.status = status
+        self.message = message
+        self.code = (
+            HTTP_TO_GRPC.get(status, grpc.StatusCode.UNKNOWN)
+            if grpc_code == grpc.StatusCode.OK and status is not None
+            else grpc_code
+        )
+        where = f"HTTP {status}, " if status is not None else ""
+        super().__init__(
+            f"{self.code.name} ({where}server gRPC status {grpc_code.name}): {message}"
+        )
+
+
+def _error_from_rpc(err: grpc.RpcError) -> PredictionError:
+    code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = (err.details() if callable(getattr(err, "details", None)) else None) or str(err)
+    status = None
+    try:  # the handler's body {"error": ..., "code": 400} when TorchServe forwards it verbatim
+        body = json.loads(details)
+        if isinstance(body, dict) and "error" in body:
+            details, status = str(body["error"]), int(body.get("code", 0)) or None
+    except (ValueError, TypeError):
+        match = re.search(r"\b([45]\d\d)\b", details)
+        status = int(match.group(1)) if match else None
+    return PredictionError(code, details, status)
+
+
+def build_input(text: str | None = None, image: bytes | None = None) -> dict[str, bytes]:
+    """The ``input`` map for a request: the same field names REST multipart uses."""
+    fields: dict[str, bytes] = {}
+    if text is not None:
+        fields["text"] = text.encode("utf-8")
+    if image is not None:
+        fields["image"] = bytes(image)
+    return fields
+
+
+@dataclass
+class GrpcClient:
+    """Inference + management channels to one TorchServe.  Use as a context manager."""
+
+    target: str = DEFAULT_TARGET
+    management_target: str = DEFAULT_MANAGEMENT_TARGET
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self._mgmt_channel = grpc.insecure_channel(self.management_target, options=CHANNEL_OPTIONS)
+        self.inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
+        self.management = management_pb2_grpc.ManagementAPIsServiceStub(self._mgmt_channel)
+
+    # -- inference ---------------------------------------------------------------------------
+    def ping(self) -> str:
+        """TorchServe's health string (JSON text like ``{"status": "Healthy"}``)."""
+        return self.inference.Ping(empty_pb2.Empty(), timeout=self.timeout).health
+
+    def predict_raw(self, model: str, fields: Mapping[str, bytes], version: str = "") -> bytes:
+        """Send one request's ``input`` map; return the prediction bytes or raise."""
+        request = inference_pb2.PredictionsRequest(
+            model_name=model, model_version=version, input=dict(fields)
+        )
+        try:
+            return self.inference.Predictions(request, timeout=self.timeout).prediction
+        except grpc.RpcError as err:
+            raise _error_from_rpc(err) from None
+
+    def predict(
+        self, model: str, text: str | None = None, image: bytes | None = None, version: str = ""
+    ) -> dict[str, Any]:
+        """Predict on text and/or raw image bytes; returns the handler's JSON answer."""
+        answer = json.loads(self.predict_raw(model, build_input(text, image), version))
+        if isinstance(answer, dict) and "error" in answer:  # per-item error, delivered as OK
+            raise PredictionError(grpc.StatusCode.OK, str(answer["error"]), answer.get("code"))
+        return answer
+
+    # -- management --------------------------------------------------------------------------
+    def list_models(self, limit: int = 100) -> dict[str, Any]:
+        msg = self._management_call(
+            self.management.ListModels, management_pb2.ListModelsRequest(limit=limit)
+        )
+        return json.loads(msg)
+
+    def describe_model(self, model: str, version: str = "") -> list[dict[str, Any]]:
+        request = management_pb2.DescribeModelRequest(model_name=model, model_version=version)
+        return json.loads(self._management_call(self.management.DescribeModel, request))
+
+    def _management_call(self, method: Any, request: Any) -> str:
+        try:
+            return method(request, timeout=self.timeout).msg
+        except grpc.RpcError as err:
+            raise _error_from_rpc(err) from None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        self._channel.close()
+        self._mgmt_channel.close()
+
+    def __enter__(self) -> GrpcClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
