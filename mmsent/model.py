@@ -41,19 +41,27 @@ class FusionHead(nn.Module):
         self.image_proj = nn.Sequential(nn.Linear(image_dim, d), nn.LayerNorm(d))
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def project(
+    def forward(
         self,
         text_tokens: Tensor,
         text_mask: Tensor,
         image_tokens: Tensor,
         has_text: Tensor,
         has_image: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Projected text tokens, projected image tokens, and the effective text token mask."""
+    ) -> tuple[Tensor, Tensor]:
+        """Project both modalities, then let the strategy fuse them into (logits, contributions).
+
+        ``tmask`` is the text token mask with whole rows zeroed where the text is absent.
+        """
         t = self.text_proj(text_tokens)
         i = self.image_proj(image_tokens)
         tmask = text_mask.to(t.dtype) * has_text.to(t.dtype).unsqueeze(1)
-        return t, i, tmask
+        return self.fuse(t, i, tmask, has_text.to(t.dtype), has_image.to(t.dtype))
+
+    def fuse(
+        self, t: Tensor, i: Tensor, tmask: Tensor, has_text: Tensor, has_image: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
 
 
 class AttentionFusion(FusionHead):
@@ -75,15 +83,9 @@ class AttentionFusion(FusionHead):
         self.norm2 = nn.LayerNorm(d)
         self.classifier = nn.Linear(d, cfg.num_labels)
 
-    def forward(
-        self,
-        text_tokens: Tensor,
-        text_mask: Tensor,
-        image_tokens: Tensor,
-        has_text: Tensor,
-        has_image: Tensor,
+    def fuse(
+        self, t: Tensor, i: Tensor, tmask: Tensor, has_text: Tensor, has_image: Tensor
     ) -> tuple[Tensor, Tensor]:
-        t, i, tmask = self.project(text_tokens, text_mask, image_tokens, has_text, has_image)
         batch, n_text, n_img = t.shape[0], t.shape[1], i.shape[1]
         keys = torch.cat(
             [self.null.expand(batch, 1, -1), t + self.modality[0], i + self.modality[1]], dim=1
@@ -122,16 +124,10 @@ class ConcatFusion(FusionHead):
             nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(2 * d, cfg.num_labels)
         )
 
-    def forward(
-        self,
-        text_tokens: Tensor,
-        text_mask: Tensor,
-        image_tokens: Tensor,
-        has_text: Tensor,
-        has_image: Tensor,
+    def fuse(
+        self, t: Tensor, i: Tensor, tmask: Tensor, has_text: Tensor, has_image: Tensor
     ) -> tuple[Tensor, Tensor]:
-        t, i, tmask = self.project(text_tokens, text_mask, image_tokens, has_text, has_image)
-        presence = torch.stack([has_text, has_image], dim=-1).to(t.dtype)
+        presence = torch.stack([has_text, has_image], dim=-1)
         tv = self.from_text(self.dropout(_masked_mean(t, tmask))) * presence[:, :1]
         iv = self.from_image(self.dropout(i.mean(1))) * presence[:, 1:]
         logits = self.mlp(tv + iv + self.from_presence(presence))
@@ -152,18 +148,12 @@ class LateFusion(FusionHead):
             nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, cfg.num_labels)
         )
 
-    def forward(
-        self,
-        text_tokens: Tensor,
-        text_mask: Tensor,
-        image_tokens: Tensor,
-        has_text: Tensor,
-        has_image: Tensor,
+    def fuse(
+        self, t: Tensor, i: Tensor, tmask: Tensor, has_text: Tensor, has_image: Tensor
     ) -> tuple[Tensor, Tensor]:
-        t, i, tmask = self.project(text_tokens, text_mask, image_tokens, has_text, has_image)
         text_logits = self.text_classifier(self.dropout(_masked_mean(t, tmask)))
         image_logits = self.image_classifier(self.dropout(i.mean(1)))
-        weights = _normalise(torch.stack([has_text, has_image], dim=-1).to(t.dtype))
+        weights = _normalise(torch.stack([has_text, has_image], dim=-1))
         logits = weights[:, :1] * text_logits + weights[:, 1:] * image_logits
         return logits, weights
 
