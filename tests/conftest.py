@@ -1,10 +1,10 @@
 """Shared fixtures.
 
-Serving (issue 1/3): a tiny real archive and a real TorchServe serving it. The tiny model (random
+Serving: a tiny real archive and a real TorchServe serving it. The tiny model (random
 2-layer BERT with MiniLM's real vocab, random MobileNetV3-small at 64 px) runs the exact export ->
 archive -> handler path as the default model, in seconds.
 
-Data (issue 2): a tiny benchmark built from generated glyph PNGs (no emoji font needed). The
+Data: a tiny benchmark built from generated glyph PNGs (no emoji font needed). The
 glyphs' colour and shape follow the emoji's real label (red disk = negative, blue square =
 neutral, green triangle = positive) so the image modality is learnable by a tiny random CNN.
 """
@@ -38,6 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def tiny_config(**changes: object) -> ModelConfig:
+    """The tiny test model's config (the same one TINY_ARGS builds), with ``changes``."""
     return ModelConfig(
         text_encoder="tiny", image_backbone="mobilenet_v3_small", image_weights="random",
         image_size=64, resize_size=73, **changes,
@@ -79,10 +80,7 @@ def server(tiny_build: tuple[Path, Path]) -> Iterator[TorchServe]:
 
 
 # -- data fixtures ------------------------------------------------------------------------------
-TINY_CFG = ModelConfig(
-    text_encoder="tiny", image_backbone="mobilenet_v3_small", image_weights="random",
-    image_size=64, resize_size=72, fusion_dim=32, num_heads=4,
-)
+TINY_CFG = tiny_config(fusion_dim=32)
 
 _STYLE = {"negative": ((220, 30, 30, 255), "disk"), "neutral": ((60, 90, 200, 255), "square"),
           "positive": ((30, 190, 60, 255), "triangle")}
