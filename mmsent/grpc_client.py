@@ -119,6 +119,13 @@ class GrpcClient:
     target: str = DEFAULT_TARGET
     management_target: str = DEFAULT_MANAGEMENT_TARGET
     timeout: float = 60.0
+    # Under token authorization (config.production.properties): the "inference" and
+    # "management" keys from TorchServe's key_file.json, sent as call metadata.
+    inference_key: str | None = None
+    management_key: str | None = None
+
+    def _metadata(self, key: str | None) -> tuple[tuple[str, str], ...] | None:
+        return (("authorization", f"Bearer {key}"),) if key else None
 
     def __post_init__(self) -> None:
         self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
@@ -129,7 +136,9 @@ class GrpcClient:
     # -- inference ---------------------------------------------------------------------------
     def ping(self) -> str:
         """TorchServe's health string (JSON text like ``{"status": "Healthy"}``)."""
-        return self.inference.Ping(empty_pb2.Empty(), timeout=self.timeout).health
+        return self.inference.Ping(
+            empty_pb2.Empty(), timeout=self.timeout, metadata=self._metadata(self.inference_key)
+        ).health
 
     def predict_raw(self, model: str, fields: Mapping[str, bytes], version: str = "") -> bytes:
         """Send one request's ``input`` map; return the prediction bytes or raise."""
@@ -137,7 +146,9 @@ class GrpcClient:
             model_name=model, model_version=version, input=dict(fields)
         )
         try:
-            return self.inference.Predictions(request, timeout=self.timeout).prediction
+            return self.inference.Predictions(
+                request, timeout=self.timeout, metadata=self._metadata(self.inference_key)
+            ).prediction
         except grpc.RpcError as err:
             raise _error_from_rpc(err) from None
 
@@ -163,7 +174,9 @@ class GrpcClient:
 
     def _management_call(self, method: Any, request: Any) -> str:
         try:
-            return method(request, timeout=self.timeout).msg
+            return method(
+                request, timeout=self.timeout, metadata=self._metadata(self.management_key)
+            ).msg
         except grpc.RpcError as err:
             raise _error_from_rpc(err) from None
 

@@ -8,6 +8,7 @@ run side by side and none leaks: the whole process group is terminated on stop.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,19 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_CONFIG = ROOT / "config.properties"
+
+
+KEY_FILE = "key_file.json"
+
+
+def bearer(key_file: str | Path, kind: str) -> dict[str, str]:
+    """``Authorization`` header for ``kind`` ("inference" / "management") from TorchServe's
+    ``key_file.json``, or {} when there is none (token authorization disabled)."""
+    path = Path(key_file)
+    if not path.exists():
+        return {}
+    keys = json.loads(path.read_text())
+    return {"Authorization": f"Bearer {keys[kind]['key']}"} if kind in keys else {}
 
 
 def free_port() -> int:
@@ -164,20 +178,27 @@ class TorchServe:
             time.sleep(0.5)
         raise TimeoutError(f"TorchServe not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
-    def ready_workers(self, model: str) -> int:
+    def bearer(self, kind: str) -> dict[str, str]:
+        """Auth header for ``kind`` under token authorization (TorchServe writes the keys into
+        its working directory); {} when tokens are disabled."""
+        return bearer(self.workdir / KEY_FILE, kind)
+
+    def _workers(self, model: str) -> list[dict] | None:
         try:
-            resp = requests.get(f"{self.management_url}/models/{model}", timeout=2)
+            resp = requests.get(f"{self.management_url}/models/{model}",
+                                headers=self.bearer("management"), timeout=5)
         except requests.RequestException:
-            return 0
-        if resp.status_code != 200:
-            return 0
-        workers = resp.json()[0].get("workers", [])
-        return sum(1 for w in workers if w.get("status") == "READY")
+            return None
+        return resp.json()[0].get("workers", []) if resp.status_code == 200 else None
+
+    def ready_workers(self, model: str) -> int:
+        return sum(1 for w in self._workers(model) or [] if w.get("status") == "READY")
 
     def worker_pids(self, model: str) -> list[int]:
-        resp = requests.get(f"{self.management_url}/models/{model}", timeout=5)
-        resp.raise_for_status()
-        return [int(w["pid"]) for w in resp.json()[0].get("workers", []) if w.get("pid")]
+        workers = self._workers(model)
+        if workers is None:
+            raise RuntimeError(f"could not describe model {model}")
+        return [int(w["pid"]) for w in workers if w.get("pid")]
 
     def log_tail(self, lines: int = 60) -> str:
         chunks = []

@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--management-target", default=DEFAULT_MANAGEMENT_TARGET,
                    help="gRPC management host:port")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    p.add_argument("--key-file", type=Path, default=Path("key_file.json"),
+                   help="TorchServe key file (token authorization on); ignored if absent")
     sub = p.add_subparsers(dest="command", required=True)
     pred = sub.add_parser("predict", help="one prediction")
     pred.add_argument("--model", default=DEFAULT_MODEL_NAME)
@@ -49,7 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with GrpcClient(args.target, args.management_target, timeout=args.timeout) as client:
+    keys = json.loads(args.key_file.read_text()) if args.key_file.exists() else {}
+    with GrpcClient(args.target, args.management_target, timeout=args.timeout,
+                    inference_key=keys.get("inference", {}).get("key"),
+                    management_key=keys.get("management", {}).get("key")) as client:
         try:
             if args.command == "predict":
                 if args.text is None and args.image is None:

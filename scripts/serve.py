@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mmsent.archive import DEFAULT_MODEL_NAME, verify_sha256  # noqa: E402
+from mmsent.torchserve_launcher import KEY_FILE, bearer  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -31,7 +32,10 @@ def wait_ready(management: str, model: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            resp = requests.get(f"{management}/models/{model}", timeout=2)
+            # under token authorization (config.production.properties) TorchServe writes the
+            # keys into its working directory, which is the repo root here
+            headers = bearer(ROOT / KEY_FILE, "management")
+            resp = requests.get(f"{management}/models/{model}", headers=headers, timeout=2)
             if resp.ok and any(w["status"] == "READY" for w in resp.json()[0]["workers"]):
                 return
         except requests.RequestException:

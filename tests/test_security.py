@@ -26,6 +26,7 @@ import requests
 
 from conftest import MODEL_NAME
 from mmsent.archive import sha256_of
+from mmsent.grpc_client import GrpcClient
 from mmsent.grpc_stubs import inference_pb2, inference_pb2_grpc
 from mmsent.torchserve_launcher import TorchServe
 
@@ -48,41 +49,10 @@ def _properties(path: Path) -> dict[str, str]:
     return props
 
 
-class AuthTorchServe(TorchServe):
-    """The launcher, but its readiness / pid polls carry the management token (its own polls
-    send none, so under token auth they would never see the worker READY)."""
-
-    def keys(self) -> dict[str, Any]:
-        path = self.workdir / "key_file.json"
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    def bearer(self, kind: str) -> dict[str, str]:
-        keys = self.keys()
-        return {"Authorization": f"Bearer {keys[kind]['key']}"} if keys else {}
-
-    def _describe(self, model: str) -> list[dict[str, Any]] | None:
-        try:
-            resp = requests.get(f"{self.management_url}/models/{model}",
-                                headers=self.bearer("management"), timeout=5)  # fmt: skip
-        except requests.RequestException:
-            return None
-        return resp.json() if resp.status_code == 200 else None
-
-    def ready_workers(self, model: str) -> int:
-        desc = self._describe(model)
-        workers = desc[0].get("workers", []) if desc else []
-        return sum(1 for w in workers if w.get("status") == "READY")
-
-    def worker_pids(self, model: str) -> list[int]:
-        desc = self._describe(model)
-        assert desc is not None, "describe model failed"
-        return [int(w["pid"]) for w in desc[0].get("workers", []) if w.get("pid")]
-
-
 @pytest.fixture(scope="module")
-def prod_server(tiny_build: tuple[Path, Path]) -> Iterator[AuthTorchServe]:
+def prod_server(tiny_build: tuple[Path, Path]) -> Iterator[TorchServe]:
     store, _ = tiny_build
-    with AuthTorchServe(store, {MODEL_NAME: f"{MODEL_NAME}.mar"}, base_config=PROD) as ts:
+    with TorchServe(store, {MODEL_NAME: f"{MODEL_NAME}.mar"}, base_config=PROD) as ts:
         yield ts
 
 
@@ -112,11 +82,11 @@ def test_production_config_is_dev_config_plus_tokens() -> None:
 
 
 # -- production config on a real server --------------------------------------------------------
-def test_key_file_is_private_and_in_the_working_directory(prod_server: AuthTorchServe) -> None:
+def test_key_file_is_private_and_in_the_working_directory(prod_server: TorchServe) -> None:
     path = prod_server.workdir / "key_file.json"
     assert path.exists()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert {"inference", "management", "API"} <= set(prod_server.keys())
+    assert {"inference", "management", "API"} <= set(json.loads(path.read_text()))
 
 
 @pytest.mark.parametrize(
@@ -125,7 +95,7 @@ def test_key_file_is_private_and_in_the_working_directory(prod_server: AuthTorch
      ("management", "GET", "/models"), ("management", "GET", f"/models/{MODEL_NAME}")],
 )  # fmt: skip
 def test_production_refuses_calls_without_the_right_token(
-    prod_server: AuthTorchServe, api: str, method: str, route: str
+    prod_server: TorchServe, api: str, method: str, route: str
 ) -> None:
     base = prod_server.inference_url if api == "inference" else prod_server.management_url
     other = "management" if api == "inference" else "inference"
@@ -140,7 +110,7 @@ def test_production_refuses_calls_without_the_right_token(
     assert ok.status_code == 200, ok.text
 
 
-def test_production_grpc_needs_the_inference_token(prod_server: AuthTorchServe) -> None:
+def test_production_grpc_needs_the_inference_token(prod_server: TorchServe) -> None:
     request = inference_pb2.PredictionsRequest(model_name=MODEL_NAME, input={"text": b"hello"})
     with grpc.insecure_channel(prod_server.grpc_target) as channel:
         stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
@@ -148,10 +118,15 @@ def test_production_grpc_needs_the_inference_token(prod_server: AuthTorchServe) 
             stub.Predictions(request, timeout=60)
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert AUTH_REFUSED in (info.value.details() or "")
-        token = prod_server.keys()["inference"]["key"]
-        reply = stub.Predictions(request, timeout=60,
-                                 metadata=(("authorization", f"Bearer {token}"),))  # fmt: skip
+        header = prod_server.bearer("inference")["Authorization"]
+        reply = stub.Predictions(request, timeout=60, metadata=(("authorization", header),))
         assert json.loads(reply.prediction)["label"]
+    keys = json.loads((prod_server.workdir / "key_file.json").read_text())
+    with GrpcClient(prod_server.grpc_target, prod_server.grpc_management_target,
+                    inference_key=keys["inference"]["key"],
+                    management_key=keys["management"]["key"]) as client:
+        assert client.predict(MODEL_NAME, text="hello")["label"]
+        assert client.describe_model(MODEL_NAME)[0]["modelName"] == MODEL_NAME
 
 
 # -- remote model registration is refused, and nothing is fetched ------------------------------
@@ -177,7 +152,7 @@ def _register(ts: TorchServe, url: str, headers: dict[str, str] | None = None) -
 
 
 def test_register_is_refused_with_the_model_api_off(
-    server: TorchServe, prod_server: AuthTorchServe, trap: tuple[str, socket.socket]
+    server: TorchServe, prod_server: TorchServe, trap: tuple[str, socket.socket]
 ) -> None:
     url, sock = trap
     for ts, headers in ((server, {}), (prod_server, prod_server.bearer("management"))):
