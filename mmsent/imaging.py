@@ -81,25 +81,50 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def image_to_tensor(img: Image.Image, cfg: ModelConfig) -> torch.Tensor:
-    """Resize the short side to ``resize_size``, centre-crop ``image_size``, normalise.
+def resize_crop(img: Image.Image, cfg: ModelConfig) -> Image.Image:
+    """Short side to ``resize_size`` then centre crop ``image_size``, in ONE resampling pass.
 
-    The same function serves training and serving so the two can never drift apart.
+    Only the source box that survives the crop is resampled, straight to the output size: the
+    same sample positions as resize-then-crop (torchvision's Resize + CenterCrop), with no
+    pixels computed only to be cropped away.
     """
     w, h = img.size
+    size = cfg.image_size
     scale = cfg.resize_size / min(w, h)
-    new_size = (max(cfg.image_size, round(w * scale)), max(cfg.image_size, round(h * scale)))
-    img = img.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=3.0)
-    left = (new_size[0] - cfg.image_size) // 2
-    top = (new_size[1] - cfg.image_size) // 2
-    img = img.crop((left, top, left + cfg.image_size, top + cfg.image_size))
-    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # H, W, 3
-    tensor = arr.permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(cfg.image_mean).view(3, 1, 1)
-    std = torch.tensor(cfg.image_std).view(3, 1, 1)
-    return tensor.sub_(mean).div_(std)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    sx, sy = w / new_w, h / new_h
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+
+
+def image_to_uint8(img: Image.Image, cfg: ModelConfig) -> torch.Tensor:
+    """RGB image -> (3, image_size, image_size) uint8 tensor, resized and cropped."""
+    arr = np.asarray(resize_crop(img, cfg), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def normalize(pixels: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float, scaled to [0, 1] and standardised with the config's
+    mean/std. Works on one image or a whole batch (one vectorised op per batch when serving)."""
+    mean = torch.tensor(cfg.image_mean).view(3, 1, 1) * 255.0
+    std = torch.tensor(cfg.image_std).view(3, 1, 1) * 255.0
+    return (pixels.float() - mean) / std
+
+
+def image_to_tensor(img: Image.Image, cfg: ModelConfig) -> torch.Tensor:
+    """Resize, crop and normalise one image: the exact preprocessing the server applies.
+
+    The same functions serve training and serving so the two can never drift apart.
+    """
+    return normalize(image_to_uint8(img, cfg), cfg)
+
+
+def decode_image_uint8(data: bytes, cfg: ModelConfig) -> torch.Tensor:
+    """Bytes -> (3, image_size, image_size) uint8 tensor, or RequestError."""
+    return image_to_uint8(open_image(data, cfg), cfg)
 
 
 def decode_image(data: bytes, cfg: ModelConfig) -> torch.Tensor:
-    """Bytes -> (3, image_size, image_size) float tensor, or RequestError."""
-    return image_to_tensor(open_image(data, cfg), cfg)
+    """Bytes -> (3, image_size, image_size) normalised float tensor, or RequestError."""
+    return normalize(decode_image_uint8(data, cfg), cfg)

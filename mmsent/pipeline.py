@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mmsent.config import MODALITIES, ModelConfig
 from mmsent.errors import RequestError
-from mmsent.imaging import decode_image
+from mmsent.imaging import decode_image_uint8, normalize
 from mmsent.payload import Item, parse_item
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,9 @@ class SentimentPipeline:
         for slot, raw in enumerate(requests):
             try:
                 item = parse_item(raw)
-                image = decode_image(item.image, self.cfg) if item.image is not None else None
+                image = (
+                    decode_image_uint8(item.image, self.cfg) if item.image is not None else None
+                )
             except RequestError as err:
                 batch.errors[slot] = err
                 continue
@@ -136,13 +138,17 @@ class SentimentPipeline:
             for it, e in zip(items, enc.encodings, strict=True)
         ]
         size = self.cfg.image_size
-        blank = torch.zeros(3, size, size)
+        blank = torch.zeros(3, size, size, dtype=torch.uint8)
+        has_image = torch.tensor([float(im is not None) for im in images])
+        # one vectorised normalisation per batch; rows without an image are all-zero (masked)
+        pixels = normalize(torch.stack([blank if im is None else im for im in images]), self.cfg)
+        pixels *= has_image.view(-1, 1, 1, 1)
         return {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
-            "pixel_values": torch.stack([blank if im is None else im for im in images]),
+            "pixel_values": pixels,
             "has_text": torch.tensor([float(it.text is not None) for it in items]),
-            "has_image": torch.tensor([float(im is not None) for im in images]),
+            "has_image": has_image,
         }
 
     # -- model ------------------------------------------------------------------------------
@@ -196,7 +202,7 @@ class SentimentPipeline:
         """Run dummy batches so TorchScript's profiling executor has optimised the graph before
         the first real request (otherwise that request pays seconds of compilation)."""
         size = self.cfg.image_size
-        pixels = torch.zeros(3, size, size)
+        pixels = torch.zeros(3, size, size, dtype=torch.uint8)
         for batch_size in (1, 2)[:runs]:
             fake = Batch(size=batch_size, rows=list(range(batch_size)))
             fake.tensors = self._to_tensors(
