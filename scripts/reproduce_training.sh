@@ -24,4 +24,5 @@ python scripts/evaluate.py --manifest "$M" \
   --model late=results/late/best.pt \
   --baseline "text only=results/text_only/best.pt" \
   --baseline "image only=results/image_only/best.pt" \
-  --splits test test_emojify test_seen_emoji --out results/eval --docs docs/eval
+  --splits test test_emojify test_seen_emoji --out results/eval --docs docs/eval \
+  --export-agreement 300
