@@ -84,12 +84,14 @@ def _from_form(fields: Mapping[str, Any]) -> Item:
         raise RequestError(f'"text" must be a string, got {_json_type(text)}')
     image = fields.get("image")
     if isinstance(image, str):  # a form field typed in as text: accept base64
-        image = _b64decode(image)
+        image = _b64decode(image) if image.strip() else None
     elif isinstance(image, bytearray):
         image = bytes(image)
     elif image is not None and not isinstance(image, bytes):
         raise RequestError(f'"image" must be image bytes, got {_json_type(image)}')
-    return _item(text, image)
+    # A browser form with an empty file input sends an empty "image" part: that means "no
+    # image", just as blank text means "no text".
+    return _item(text, image or None)
 
 
 def _item(text: str | None, image: bytes | None) -> Item:

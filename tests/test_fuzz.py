@@ -126,9 +126,8 @@ def test_parse_item_returns_an_item_or_a_4xx(fields: Any) -> None:
     assert isinstance(item, Item)
     assert item.text is not None or item.image is not None
     assert item.text is None or (isinstance(item.text, str) and item.text.strip())
-    # An empty form/gRPC "image" field passes parsing (only JSON base64 is checked for
-    # emptiness); decode_image then refuses it with 400 "image is empty" (property below).
-    assert item.image is None or isinstance(item.image, bytes)
+    # An empty form/gRPC "image" field means "no image" (like blank text means "no text").
+    assert item.image is None or (isinstance(item.image, bytes) and item.image)
 
 
 @FUZZ

@@ -124,6 +124,14 @@ def test_unusual_image_modes_are_converted(pipeline: SentimentPipeline, mode: st
     assert answer.get("modalities") == ["image"], answer
 
 
+def test_empty_form_image_means_no_image(pipeline: SentimentPipeline) -> None:
+    """What a browser sends for a form whose file input was left empty."""
+    text_only, nothing = pipeline.predict([{"text": b"just words", "image": b""},
+                                           {"text": b"", "image": b""}])
+    assert text_only["modalities"] == ["text"]
+    assert nothing["code"] == 400 and "needs non-empty" in nothing["error"]
+
+
 def test_data_uri_base64_is_accepted(pipeline: SentimentPipeline) -> None:
     uri = "data:image/jpeg;base64," + b64(jpeg_bytes())
     (answer,) = pipeline.predict([{"body": {"image": uri}}])
