@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from mmsent.config import ModelConfig
 from mmsent.imaging import decode_image
+from mmsent.pipeline import SentimentPipeline, tokenize
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -48,23 +49,6 @@ def file_digest(path: str | Path) -> str:
     """Content hash of an image file: the image cache key, so a rebuilt dataset (same paths,
     other pixels) can never be served stale features."""
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
-
-
-def load_tokenizer(cfg: ModelConfig):  # -> transformers.PreTrainedTokenizerFast
-    """The WordPiece tokenizer that serving uses for ``cfg.text_encoder``."""
-    from transformers import BertTokenizerFast
-
-    from mmsent.encoders import tokenizer_dir
-
-    return BertTokenizerFast.from_pretrained(str(tokenizer_dir(cfg.text_encoder)))
-
-
-def tokenize(tokenizer, texts: Sequence[str], cfg: ModelConfig) -> dict[str, Tensor]:
-    """Tokenise exactly as the serving pipeline: truncate to ``max_text_length``, pad to longest."""
-    return tokenizer(
-        list(texts), truncation=True, max_length=cfg.max_text_length, padding=True,
-        return_tensors="pt",
-    )
 
 
 @dataclass
@@ -155,7 +139,7 @@ def text_features(
     if cached is not None and set(wanted) <= set(cached.index):
         return cached
     known = set(cached.index) if cached else set()
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = SentimentPipeline.load_tokenizer(cfg)
     order = sorted((t for t in wanted if t not in known), key=len)  # little padding per batch
     chunks: list[Tensor] = []
     lengths: list[int] = []

@@ -62,6 +62,18 @@ def optimize_loaded(model: torch.jit.ScriptModule, device: str) -> torch.jit.Scr
     return frozen
 
 
+def tokenize(tokenizer: Any, texts: Sequence[str], cfg: ModelConfig) -> Any:
+    """THE tokenizer call, for serving and training alike: one call for the whole batch,
+    truncated to ``max_text_length`` tokens and padded to the longest text in the batch."""
+    return tokenizer(
+        list(texts),
+        padding="longest",
+        truncation=True,
+        max_length=cfg.max_text_length,
+        return_tensors="pt",
+    )
+
+
 def _guard(slot: int, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)``, or the RequestError to answer for this slot: a bug costs one item only."""
     try:
@@ -153,13 +165,7 @@ class SentimentPipeline:
     ) -> dict[str, Tensor]:
         max_chars = self.cfg.limits.max_text_chars
         texts = [(it.text or "")[:max_chars] for it in items]
-        enc = self.tokenizer(
-            texts,
-            padding="longest",
-            truncation=True,
-            max_length=self.cfg.max_text_length,
-            return_tensors="pt",
-        )
+        enc = tokenize(self.tokenizer, texts, self.cfg)
         batch.truncated = [
             len(it.text or "") > max_chars or bool(e.overflowing)
             for it, e in zip(items, enc.encodings, strict=True)

@@ -39,6 +39,7 @@ from mmsent.features import (
     text_features,
 )
 from mmsent.model import FusionSentimentModel, build_model, save_checkpoint
+from mmsent.pipeline import SentimentPipeline, tokenize
 
 MODALITY_CHOICES = ("both", "text", "image")
 
@@ -129,8 +130,6 @@ class FeatureData:
         has_text = torch.tensor([t is not None for t in texts], dtype=torch.float32)
         has_image = torch.tensor([i is not None for i in images], dtype=torch.float32)
         if self.tokenizer is not None:  # live text encoding (unfrozen layers)
-            from mmsent.features import tokenize
-
             enc = tokenize(self.tokenizer, [t or "" for t in texts], self.cfg)
             tokens, mask, ids = None, enc["attention_mask"], enc["input_ids"]
         else:
@@ -157,9 +156,7 @@ def load_data(
     text = None
     tokenizer = None
     if live_text:
-        from mmsent.features import load_tokenizer
-
-        tokenizer = load_tokenizer(cfg)
+        tokenizer = SentimentPipeline.load_tokenizer(cfg)
     else:
         text = text_features(model.text_encoder, cfg, [e.text for e in every if e.text is not None],
                              cache_dir, device=dev)

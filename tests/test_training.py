@@ -11,9 +11,9 @@ import torch
 
 from conftest import TINY_CFG
 from mmsent.evaluate import ModelSpec, evaluate_models, write_report
-from mmsent.features import load_tokenizer, tokenize
 from mmsent.imaging import decode_image
 from mmsent.model import load_checkpoint
+from mmsent.pipeline import SentimentPipeline, tokenize
 from mmsent.train import TrainConfig, load_data, lr_lambda, modality_dropout, predict, train
 
 
@@ -44,7 +44,7 @@ def test_loss_decreases_and_checkpoint_matches_serving(
     probs, _ = predict(model, data)
     rows = [i for i, e in enumerate(data.examples) if e.has_text and e.has_image][:8]
     examples = [data.examples[i] for i in rows]
-    enc = tokenize(load_tokenizer(cfg), [e.text for e in examples], cfg)
+    enc = tokenize(SentimentPipeline.load_tokenizer(cfg), [e.text for e in examples], cfg)
     pixels = torch.stack([
         decode_image(e.image_path(tiny_benchmark.parent).read_bytes(), cfg) for e in examples
     ])
