@@ -22,7 +22,6 @@ every number; the load at start and end is recorded either way.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -51,6 +50,7 @@ from payloads import LARGE_SIZE, SMALL_SIZE, image_source, make_payloads  # noqa
 from mmsent.archive import build_archive  # noqa: E402
 from mmsent.config import ModelConfig  # noqa: E402
 from mmsent.export import export_model_dir, quantize_int8, quiet_tracing, trace  # noqa: E402
+from mmsent.machine import cpu_by_process, cpu_model  # noqa: E402
 from mmsent.model import build_model  # noqa: E402
 from mmsent.pipeline import SentimentPipeline  # noqa: E402
 from mmsent.torchserve_launcher import TorchServe  # noqa: E402
@@ -59,31 +59,9 @@ MODEL = "fusion_sentiment"
 
 
 # -- machine ----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def busiest_processes(n: int = 3) -> list[str]:
     """Top CPU users right now (name + %), so a noisy neighbour is visible in the results."""
-    procs = list(psutil.process_iter(["name", "cmdline"]))
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.cpu_percent(None)
-    time.sleep(1.0)
-    usage = []
-    for p in procs:
-        try:
-            cmd = " ".join(p.info["cmdline"] or [p.info["name"] or "?"])[:80]
-            usage.append((p.cpu_percent(None), cmd))
-        except psutil.Error:
-            continue
-    return [f"{pct:.0f}% {cmd}" for pct, cmd in sorted(usage, reverse=True)[:n]]
+    return [f"{pct:.0f}% {cmd[:80]}" for pct, _, cmd in cpu_by_process(exclude_self=False)[:n]]
 
 
 def machine_info() -> dict[str, Any]:

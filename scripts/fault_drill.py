@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mmsent.archive import DEFAULT_MODEL_NAME, verify_sha256  # noqa: E402
+from mmsent.machine import cpu_by_process, cpu_model  # noqa: E402
 from mmsent.torchserve_launcher import TorchServe  # noqa: E402
 
 
@@ -231,31 +232,10 @@ def machine_info() -> dict[str, Any]:
     """CPU, memory and what else is running: the numbers mean little without it."""
     import psutil
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    busy = []
-    for proc in psutil.process_iter(["pid", "name", "cmdline", "cpu_percent"]):
-        try:
-            proc.cpu_percent(None)
-        except psutil.Error:
-            continue
-    time.sleep(1.0)
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            pct = proc.cpu_percent(None)
-        except psutil.Error:
-            continue
-        if pct > 20 and proc.pid != os.getpid():
-            busy.append({"pid": proc.pid, "cpu_percent": pct,
-                         "cmd": " ".join(proc.info["cmdline"] or [])[:120]})  # fmt: skip
+    busy = [{"pid": pid, "cpu_percent": pct, "cmd": cmd[:120]}
+            for pct, pid, cmd in cpu_by_process() if pct > 20]  # fmt: skip
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
