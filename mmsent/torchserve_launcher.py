@@ -32,14 +32,19 @@ BASE_CONFIG = ROOT / "config.properties"
 KEY_FILE = "key_file.json"
 
 
-def bearer(key_file: str | Path, kind: str) -> dict[str, str]:
-    """``Authorization`` header for ``kind`` ("inference" / "management") from TorchServe's
-    ``key_file.json``, or {} when there is none (token authorization disabled)."""
+def api_key(key_file: str | Path, kind: str) -> str | None:
+    """The ``kind`` ("inference" / "management") key from TorchServe's ``key_file.json``, or
+    None when there is no such file (token authorization disabled)."""
     path = Path(key_file)
     if not path.exists():
-        return {}
-    keys = json.loads(path.read_text())
-    return {"Authorization": f"Bearer {keys[kind]['key']}"} if kind in keys else {}
+        return None
+    return json.loads(path.read_text()).get(kind, {}).get("key")
+
+
+def bearer(key_file: str | Path, kind: str) -> dict[str, str]:
+    """``Authorization`` header for ``kind``, or {} when token authorization is off."""
+    key = api_key(key_file, kind)
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def free_port() -> int:

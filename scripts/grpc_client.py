@@ -27,6 +27,7 @@ from mmsent.grpc_client import (  # noqa: E402
     GrpcClient,
     PredictionError,
 )
+from mmsent.torchserve_launcher import api_key  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,10 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    keys = json.loads(args.key_file.read_text()) if args.key_file.exists() else {}
     with GrpcClient(args.target, args.management_target, timeout=args.timeout,
-                    inference_key=keys.get("inference", {}).get("key"),
-                    management_key=keys.get("management", {}).get("key")) as client:
+                    inference_key=api_key(args.key_file, "inference"),
+                    management_key=api_key(args.key_file, "management")) as client:
         try:
             if args.command == "predict":
                 if args.text is None and args.image is None:

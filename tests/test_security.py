@@ -28,7 +28,7 @@ from conftest import MODEL_NAME
 from mmsent.archive import sha256_of
 from mmsent.grpc_client import GrpcClient
 from mmsent.grpc_stubs import inference_pb2, inference_pb2_grpc
-from mmsent.torchserve_launcher import TorchServe
+from mmsent.torchserve_launcher import TorchServe, api_key
 
 pytestmark = pytest.mark.server
 
@@ -121,10 +121,10 @@ def test_production_grpc_needs_the_inference_token(prod_server: TorchServe) -> N
         header = prod_server.bearer("inference")["Authorization"]
         reply = stub.Predictions(request, timeout=60, metadata=(("authorization", header),))
         assert json.loads(reply.prediction)["label"]
-    keys = json.loads((prod_server.workdir / "key_file.json").read_text())
+    key_file = prod_server.workdir / "key_file.json"
     with GrpcClient(prod_server.grpc_target, prod_server.grpc_management_target,
-                    inference_key=keys["inference"]["key"],
-                    management_key=keys["management"]["key"]) as client:
+                    inference_key=api_key(key_file, "inference"),
+                    management_key=api_key(key_file, "management")) as client:
         assert client.predict(MODEL_NAME, text="hello")["label"]
         assert client.describe_model(MODEL_NAME)[0]["modelName"] == MODEL_NAME
 
