@@ -112,19 +112,15 @@ def normalize(pixels: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     return (pixels.float() - mean) / std
 
 
-def image_to_tensor(img: Image.Image, cfg: ModelConfig) -> torch.Tensor:
-    """Resize, crop and normalise one image: the exact preprocessing the server applies.
-
-    The same functions serve training and serving so the two can never drift apart.
-    """
-    return normalize(image_to_uint8(img, cfg), cfg)
-
-
 def decode_image_uint8(data: bytes, cfg: ModelConfig) -> torch.Tensor:
     """Bytes -> (3, image_size, image_size) uint8 tensor, or RequestError."""
     return image_to_uint8(open_image(data, cfg), cfg)
 
 
 def decode_image(data: bytes, cfg: ModelConfig) -> torch.Tensor:
-    """Bytes -> (3, image_size, image_size) normalised float tensor, or RequestError."""
+    """Bytes -> (3, image_size, image_size) normalised float tensor, or RequestError.
+
+    Training's feature cache calls this; serving runs the same two steps (decode_image_uint8,
+    then normalize per batch), so train and serve preprocessing cannot drift apart.
+    """
     return normalize(decode_image_uint8(data, cfg), cfg)
