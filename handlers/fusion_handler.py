@@ -16,9 +16,29 @@ import torch
 from ts.context import Context
 from ts.torch_handler.base_handler import BaseHandler
 
+from mmsent.errors import RequestError
 from mmsent.pipeline import Batch, SentimentPipeline
 
 logger = logging.getLogger(__name__)
+
+# TorchServe 0.12's gRPC StreamPredictions job reads this response header on EVERY answer and
+# throws a NullPointerException in the frontend when it is missing (GRPCJob.response), which
+# kills the worker and fails its batch mates. "false" = "this is the last (here: only) message of
+# the stream". The backend cannot tell a stream call from a unary one (both arrive as the same
+# "I" command, without headers), so every answer to a gRPC item carries it; unary gRPC ignores it.
+# REST must NOT get it: RestJob treats it as a chunked stream and never writes the status line.
+STREAM_NEXT = "ts_stream_next"
+# Client deadline, epoch milliseconds: an HTTP header over REST, an input field over gRPC
+# (TorchServe does not forward gRPC metadata to the worker). docs/RELIABILITY.md "Deadlines".
+DEADLINE_KEY = "x-request-deadline"
+DEADLINE_STATUS = 408
+
+
+def serving_device(gpu_id: int | str | None, cuda_available: bool) -> str:
+    """``cuda:<gpu_id>`` when TorchServe assigned a GPU and CUDA works, else ``cpu``."""
+    if gpu_id is None or str(gpu_id) == "" or not cuda_available:
+        return "cpu"
+    return f"cuda:{int(gpu_id)}"
 
 
 class FusionSentimentHandler(BaseHandler):
@@ -29,16 +49,20 @@ class FusionSentimentHandler(BaseHandler):
         self.pipeline: SentimentPipeline | None = None
 
     def initialize(self, context: Context) -> None:
-        """Load the TorchScript model on the GPU TorchServe assigned (else CPU) + tokenizer."""
+        """Load the TorchScript model on the GPU TorchServe assigned (else CPU) + tokenizer.
+
+        TorchServe gives each worker its own ``gpu_id`` (round-robin over ``deviceIds`` in
+        model-config.yaml); the worker must use exactly that GPU, never a default ``cuda:0``.
+        """
         props = context.system_properties
-        gpu_id = props.get("gpu_id")
-        use_cuda = torch.cuda.is_available() and gpu_id is not None
-        device = f"cuda:{gpu_id}" if use_cuda else "cpu"
+        device = serving_device(props.get("gpu_id"), torch.cuda.is_available())
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)  # allocations without an explicit device land here too
         self.pipeline = SentimentPipeline.from_dir(props["model_dir"], device)
         self.pipeline.warmup()
         self.context = context
         self.initialized = True
-        logger.info("fusion sentiment model loaded on %s", device)
+        logger.info("fusion sentiment model loaded on %s in %s", device, self.pipeline.dtype)
 
     def preprocess(self, data: list[dict[str, Any]]) -> Batch:
         return self.pipeline.preprocess(data)
@@ -50,19 +74,28 @@ class FusionSentimentHandler(BaseHandler):
         return self.pipeline.postprocess(data, outputs)
 
     def handle(self, data: list[dict[str, Any]], context: Context) -> list[str]:
-        """Run the batch; set each item's HTTP status; answer one JSON string per request."""
+        """Run the batch; set each item's HTTP status; answer one JSON string per request.
+
+        Items whose client deadline has passed are answered 408 without decoding or running the
+        model, so abandoned requests do not delay the live ones queued behind them.
+        """
         self.context = context
-        batch = self.preprocess(data)
+        admitted, items, refused = split_expired(data, context)
+        batch = self.preprocess(items)
         outputs = self.inference(batch)
         start = time.perf_counter()
-        answers = self.postprocess(batch, outputs)
+        by_slot = {slot: err.to_dict() for slot, err in refused.items()}
+        by_slot.update(zip(admitted, self.postprocess(batch, outputs), strict=True))
         batch.timings_ms["postprocess"] = (time.perf_counter() - start) * 1000
-        for slot, err in batch.errors.items():
+        errors = {**refused, **{admitted[row]: err for row, err in batch.errors.items()}}
+        for slot, err in errors.items():
             context.set_response_status(err.status, err.message, idx=slot)
-        for slot in range(batch.size):
+        for slot in range(len(data)):
             context.set_response_content_type(slot, "application/json")
+            if not is_http(context, slot):
+                context.set_response_header(slot, STREAM_NEXT, "false")
         self._emit_metrics(context, batch)
-        return [json.dumps(answer) for answer in answers]
+        return [json.dumps(by_slot[slot]) for slot in range(len(data))]
 
     @staticmethod
     def _emit_metrics(context: Context, batch: Batch) -> None:
@@ -76,3 +109,75 @@ class FusionSentimentHandler(BaseHandler):
                 metrics.add_time(f"Handler{stage.capitalize()}Time", ms, None, "ms")
         except Exception:  # metrics must never cost an answer
             logger.debug("could not emit metrics", exc_info=True)
+
+
+def split_expired(
+    data: list[dict[str, Any]], context: Context
+) -> tuple[list[int], list[dict[str, Any]], dict[int, RequestError]]:
+    """(slots to run, their items, refusals by slot): past-deadline or bad-deadline items are
+    refused here, before any decoding, so they cost the live requests nothing."""
+    now_ms = time.time() * 1000
+    admitted: list[int] = []
+    items: list[dict[str, Any]] = []
+    refused: dict[int, RequestError] = {}
+    for slot, raw in enumerate(data):
+        item, error = admit(raw, request_headers(context, slot), now_ms)
+        if error is None:
+            admitted.append(slot)
+            items.append(item)
+        else:
+            refused[slot] = error
+    return admitted, items, refused
+
+
+def request_headers(context: Context, slot: int) -> dict[str, str]:
+    """The HTTP request headers of ``slot``, names lower-cased (HTTP names are case-blind).
+
+    TorchServe mixes each input field's content type (a dict) into the same map; those are not
+    headers and are dropped. A gRPC item therefore has none.
+    """
+    props = context.get_all_request_header(slot) or {}
+    return {str(k).lower(): v for k, v in props.items() if isinstance(v, str)}
+
+
+def is_http(context: Context, slot: int) -> bool:
+    """True for a REST item: the frontend copies every HTTP header; gRPC items carry none."""
+    return bool(request_headers(context, slot))
+
+
+def admit(
+    raw: dict[str, Any], headers: dict[str, str], now_ms: float
+) -> tuple[dict[str, Any], RequestError | None]:
+    """``raw`` without the deadline field, and the error to answer instead of running it.
+
+    The deadline travels as a header (REST) or as an input field (gRPC); the field is removed
+    so the payload parser never sees a transport detail as request data.
+    """
+    if not isinstance(raw, dict) or DEADLINE_KEY not in raw and DEADLINE_KEY not in headers:
+        return raw, None
+    item = {k: v for k, v in raw.items() if k != DEADLINE_KEY}
+    value = raw.get(DEADLINE_KEY, headers.get(DEADLINE_KEY))
+    try:
+        deadline_ms = parse_deadline(value)
+    except RequestError as err:
+        return item, err
+    late_ms = now_ms - deadline_ms
+    if late_ms > 0:
+        return item, RequestError(
+            f"deadline passed {late_ms:.0f} ms before the request reached the model; not run",
+            DEADLINE_STATUS,
+        )
+    return item, None
+
+
+def parse_deadline(value: Any) -> float:
+    """Epoch milliseconds from a header/field value, or a 400 naming the expected form."""
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("ascii", errors="replace")
+    try:
+        deadline = float(str(value).strip())
+    except ValueError:
+        deadline = float("nan")
+    if not deadline > 0 or deadline == float("inf"):
+        raise RequestError(f'"{DEADLINE_KEY}" must be epoch milliseconds, got {str(value)[:40]!r}')
+    return deadline

@@ -106,9 +106,10 @@ def image_to_uint8(img: Image.Image, cfg: ModelConfig) -> torch.Tensor:
 
 def normalize(pixels: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """uint8 (..., 3, H, W) -> float, scaled to [0, 1] and standardised with the config's
-    mean/std. Works on one image or a whole batch (one vectorised op per batch when serving)."""
-    mean = torch.tensor(cfg.image_mean).view(3, 1, 1) * 255.0
-    std = torch.tensor(cfg.image_std).view(3, 1, 1) * 255.0
+    mean/std. Works on one image or a whole batch (one vectorised op per batch when serving),
+    on whatever device ``pixels`` is on (serving normalises on the GPU)."""
+    mean = torch.tensor(cfg.image_mean, device=pixels.device).view(3, 1, 1) * 255.0
+    std = torch.tensor(cfg.image_std, device=pixels.device).view(3, 1, 1) * 255.0
     return (pixels.float() - mean) / std
 
 

@@ -55,8 +55,11 @@ class FusionHead(nn.Module):
         """
         t = self.text_proj(text_tokens)
         i = self.image_proj(image_tokens)
-        tmask = text_mask.to(t.dtype) * has_text.to(t.dtype).unsqueeze(1)
-        return self.fuse(t, i, tmask, has_text.to(t.dtype), has_image.to(t.dtype))
+        # type_as, not .to(t.dtype): tracing would freeze t's dtype as a constant (float32) and
+        # break half precision; type_as reads the dtype at run time (see portable_graph.py).
+        has_text, has_image = has_text.type_as(t), has_image.type_as(t)
+        tmask = text_mask.type_as(t) * has_text.unsqueeze(1)
+        return self.fuse(t, i, tmask, has_text, has_image)
 
     def fuse(
         self, t: Tensor, i: Tensor, tmask: Tensor, has_text: Tensor, has_image: Tensor
@@ -92,7 +95,9 @@ class AttentionFusion(FusionHead):
         )
         ignore = torch.cat(
             [
-                torch.zeros(batch, 1, dtype=torch.bool, device=t.device),
+                # zeros_like inherits the device at run time; zeros(device=...) would trace
+                # it as a constant and pin the graph to the export machine's device
+                torch.zeros_like(tmask[:, :1], dtype=torch.bool),
                 tmask <= 0,
                 (has_image <= 0).unsqueeze(1).expand(batch, n_img),
             ],
