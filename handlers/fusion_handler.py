@@ -62,7 +62,8 @@ class FusionSentimentHandler(BaseHandler):
         self.pipeline.warmup()
         self.context = context
         self.initialized = True
-        logger.info("fusion sentiment model loaded on %s in %s", device, self.pipeline.dtype)
+        logger.info("fusion sentiment model: gpu_id=%s assigned, loaded on %s in %s",
+                    props.get("gpu_id"), device, self.pipeline.dtype)
 
     def preprocess(self, data: list[dict[str, Any]]) -> Batch:
         return self.pipeline.preprocess(data)

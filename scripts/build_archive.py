@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mmsent.archive import DEFAULT_MODEL_NAME, build_archive  # noqa: E402
-from mmsent.config import FUSIONS, ModelConfig  # noqa: E402
+from mmsent.archive import DEFAULT_MODEL_NAME, MODEL_CONFIG_YAML, build_archive  # noqa: E402
+from mmsent.config import FUSIONS, PRECISIONS, ModelConfig  # noqa: E402
 from mmsent.export import export_model_dir  # noqa: E402
 from mmsent.model import build_model, load_checkpoint  # noqa: E402
 
@@ -43,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--fusion", choices=FUSIONS, default=None)
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantization of Linear layers")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="serving precision stored in the archive (default auto: fp16 on CUDA, "
+                        "fp32 on CPU)")
+    p.add_argument("--model-config", type=Path, default=MODEL_CONFIG_YAML,
+                   help="TorchServe per-model settings packed into the archive (batching, "
+                        "workers; handlers/model-config.gpu.yaml for GPUs)")
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--version", default="1.0")
     p.add_argument("--out", type=Path, default=ROOT / "model_store")
@@ -80,13 +86,16 @@ def main(argv: list[str] | None = None) -> Path:
         print("[build] WARNING: no trained checkpoint: the fusion head is randomly initialised, "
               "so answers are NOT sentiment predictions (plumbing only).")
         model = build_model(cfg)
+    if args.precision:
+        cfg = cfg.replace(precision=args.precision)  # serving setting: no retraining needed
     print(f"[build] text={cfg.text_encoder} image={cfg.image_backbone}({cfg.image_weights}) "
-          f"fusion={cfg.fusion} int8={args.int8}")
+          f"fusion={cfg.fusion} int8={args.int8} precision={cfg.precision}")
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = args.export_dir or Path(tmp) / "export"
         export_model_dir(model, cfg, export_dir, int8=args.int8)
         size_mb = (export_dir / "model.pt").stat().st_size / 1e6
-        mar = build_archive(export_dir, args.out, args.model_name, args.version)
+        mar = build_archive(export_dir, args.out, args.model_name, args.version,
+                            model_config_yaml=args.model_config)
     print(f"[build] TorchScript {size_mb:.1f} MB -> {mar} ({mar.stat().st_size / 1e6:.1f} MB) "
           f"in {time.perf_counter() - start:.1f}s; sha256 in {mar.name}.sha256")
     return mar

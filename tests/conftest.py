@@ -79,6 +79,24 @@ def server(tiny_build: tuple[Path, Path]) -> Iterator[TorchServe]:
         yield ts
 
 
+# -- GPU ----------------------------------------------------------------------------------------
+def cuda_works() -> bool:
+    """CUDA is present and a kernel really runs (a CUDA build of torch alone is not enough)."""
+    try:
+        return torch.cuda.is_available() and torch.zeros(1, device="cuda").item() == 0
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run wherever CUDA works and skip cleanly everywhere else."""
+    marked = [item for item in items if item.get_closest_marker("gpu")]
+    if marked and not cuda_works():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+        for item in marked:
+            item.add_marker(skip)
+
+
 # -- data fixtures ------------------------------------------------------------------------------
 TINY_CFG = tiny_config(fusion_dim=32)
 
