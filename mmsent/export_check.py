@@ -60,13 +60,41 @@ def export_agreement(
             export_model_dir(model, cfg, Path(tmp) / name.replace(" ", "_"), int8=int8)
             variants[name] = SentimentPipeline.from_dir(Path(tmp) / name.replace(" ", "_"))
         probs = {name: _probabilities(p, rows, batch) for name, p in variants.items()}
-    reference = probs["eager"][0]
+    return _compare(probs, "eager", gold, cfg.labels)
+
+
+def precision_agreement(
+    manifest: str | Path, checkpoint: str | Path, precisions: tuple[str, ...] = ("fp16", "bf16"),
+    split: str = "test", limit: int = 300, batch: int = 16, device: str = "cpu",
+) -> dict[str, dict[str, float]]:
+    """Agreement of the served TorchScript model in half precision with the same file in fp32.
+
+    Runs on ``device`` (CPU here, where fp16/bf16 are slow but exact in what they compute, so
+    the agreement figures transfer to a GPU; the speed figures do not).
+    """
+    manifest = Path(manifest)
+    model, cfg, _ = load_checkpoint(checkpoint)
+    rows, gold = _requests(manifest, split, limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_model_dir(model, cfg, Path(tmp))
+        probs = {
+            p: _probabilities(SentimentPipeline.from_dir(tmp, device, precision=p), rows, batch)
+            for p in ("fp32", *precisions)
+        }
+    return _compare(probs, "fp32", gold, cfg.labels)
+
+
+def _compare(
+    probs: dict[str, tuple[torch.Tensor, float]], ref: str, gold: list[str],
+    labels: tuple[str, ...],
+) -> dict[str, dict[str, float]]:
+    reference = probs[ref][0]
     out: dict[str, dict[str, float]] = {}
     for name, (table, seconds) in probs.items():
-        entry = prediction_agreement(reference, table) if name != "eager" else {}
+        entry = prediction_agreement(reference, table) if name != ref else {}
         entry["accuracy"] = sum(
-            cfg.labels[i] == g for i, g in zip(table.argmax(-1).tolist(), gold, strict=True)
+            labels[i] == g for i, g in zip(table.argmax(-1).tolist(), gold, strict=True)
         ) / len(gold)
-        entry["examples_per_s"] = len(rows) / seconds
-        out[f"{name} vs eager" if name != "eager" else "eager"] = entry
+        entry["examples_per_s"] = len(gold) / seconds
+        out[f"{name} vs {ref}" if name != ref else ref] = entry
     return out

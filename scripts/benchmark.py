@@ -28,12 +28,15 @@ import platform
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +112,16 @@ def time_call(fn: Callable[[], Any], min_time: float, min_iters: int = 3, warmup
             "iters": len(times)}  # fmt: skip
 
 
-def model_call(model: Any, tensors: dict[str, torch.Tensor]) -> Callable[[], Any]:
-    args = [tensors[k] for k in ("input_ids", "attention_mask", "pixel_values", "has_text",
-                                 "has_image")]  # fmt: skip
+def model_call(model: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[], Any]:
+    """Time the model alone on prepared inputs; on CUDA, wait for the kernels to finish."""
+    cuda = inputs[0].is_cuda
 
     def run() -> Any:
         with torch.inference_mode():
-            return model(*args)
+            out = model(*inputs)
+        if cuda:
+            torch.cuda.synchronize()
+        return out
 
     return run
 
@@ -248,6 +254,120 @@ def served_point(export_dir: Path, work: Path, batch: int, delay: int, bodies: l
     }  # fmt: skip
 
 
+# -- device / precision sweep (GPU) -------------------------------------------------------------
+class GpuSampler:
+    """Samples ``nvidia-smi`` GPU utilisation every 0.5 s while a served run is measured."""
+
+    def __init__(self, index: int) -> None:
+        self.index, self.samples = index, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        cmd = ["nvidia-smi", f"--id={self.index}", "--query-gpu=utilization.gpu",
+               "--format=csv,noheader,nounits"]  # fmt: skip
+        while not self._stop.wait(0.5):
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout
+                self.samples.append(float(out.strip().splitlines()[0]))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                return  # no nvidia-smi: utilisation stays unknown (None), never invented
+
+    def __enter__(self) -> GpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    @property
+    def mean(self) -> float | None:
+        return round(statistics.fmean(self.samples), 1) if self.samples else None
+
+
+def device_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Per precision and batch size: model-only items/s, in-process pipeline items/s, its
+    preprocess share, served req/s with the served / in-process ratio, and GPU utilisation.
+
+    ``--device cuda`` is the GPU benchmark (batch 1..64, fp32 and fp16 by default); any device
+    works, so ``--device cpu --precisions fp32 bf16 --quick`` exercises the same code here.
+    """
+    device = args.device if args.device != "cuda" else "cuda:0"
+    cuda = device.startswith("cuda")
+    precisions = args.precisions or (["fp32", "fp16"] if cuda else ["fp32"])
+    batch_sizes = args.batch_sizes or ([1, 8] if args.quick else [1, 2, 4, 8, 16, 32, 64])
+    served_sizes = [b for b in batch_sizes if b in (1, 8, 16, 32, 64)] or batch_sizes[-1:]
+    inproc_s, served_s = (1.0, 8.0) if args.quick else (3.0, args.served_seconds or 20.0)
+    out = args.out or ROOT / "results" / f"benchmark-{args.device}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    if cuda:
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    result: dict[str, Any] = {"device": device, "machine": info, "precisions": {},
+                              "payload": args.payload}  # fmt: skip
+    bodies = [p.json_body for p in make_payloads()[args.payload]]
+    work = Path(tempfile.mkdtemp(prefix="bench-dev-"))
+    try:
+        torch.manual_seed(0)
+        eager = build_model(ModelConfig()).eval()
+        for precision in precisions:
+            cfg = ModelConfig().replace(precision=precision)
+            export_dir = export_model_dir(eager, cfg, work / f"export-{precision}")
+            pipeline = SentimentPipeline.from_dir(export_dir, device)
+            rows: dict[int, dict[str, Any]] = {}
+            for b in batch_sizes:
+                reqs = [{"body": bodies[i % len(bodies)]} for i in range(b)]
+                inputs = pipeline.model_inputs(pipeline.preprocess(reqs))
+                m = time_call(model_call(pipeline.model, inputs), inproc_s)
+                full = time_call(partial(pipeline.predict, reqs), inproc_s)
+                pre = time_call(partial(pipeline.preprocess, reqs), inproc_s)
+                rows[b] = {"model_only_items_s": round(b / m["median_s"], 1),
+                           "pipeline_items_s": round(b / full["median_s"], 1),
+                           "preprocess_share": round(pre["median_s"] / full["median_s"], 3)}
+                print(f"[bench] {device} {precision} b={b}: {rows[b]}", flush=True)
+            del pipeline
+            for b in served_sizes:
+                with GpuSampler(torch.device(device).index or 0) if cuda else nullcontext() as gpu:
+                    point = served_point(export_dir, work, b, 10 if cuda else 30, bodies,
+                                         max(args.concurrency, 2 * b), 3.0, served_s)
+                rows[b]["served_rps"] = point["throughput_rps"]
+                rows[b]["served_over_pipeline"] = round(
+                    point["throughput_rps"] / rows[b]["pipeline_items_s"], 3)
+                rows[b]["served_batch_formed"] = point["mean_batch_formed"]
+                rows[b]["served_p50_ms"] = point["latency_ms"]["p50"]
+                rows[b]["served_errors"] = point["errors"]
+                rows[b]["gpu_util_pct"] = gpu.mean if cuda else None
+                print(f"[bench] served {precision} b={b}: {point['throughput_rps']} req/s, "
+                      f"GPU {rows[b]['gpu_util_pct']}%", flush=True)
+            result["precisions"][precision] = rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (out / "benchmark.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "benchmark.md").write_text(device_markdown(result))
+    print(device_markdown(result))
+    print(f"[bench] -> {out}")
+    return result
+
+
+def device_markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"Device: {result['device']} ({m['gpu'] or m['cpu_model']}), torch "
+             f"{m['torch_version']}, payload `{result['payload']}`.", "",
+             "| precision | batch | model only (items/s) | pipeline (items/s) | preprocess share "
+             "| served (req/s) | served / pipeline | batch formed | GPU util % |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for precision, rows in result["precisions"].items():
+        for b, r in rows.items():
+            lines.append(
+                f"| {precision} | {b} | {r['model_only_items_s']} | {r['pipeline_items_s']} | "
+                f"{100 * r['preprocess_share']:.0f}% | {r.get('served_rps', '')} | "
+                f"{r.get('served_over_pipeline', '')} | {r.get('served_batch_formed', '')} | "
+                f"{r.get('gpu_util_pct') if r.get('gpu_util_pct') is not None else ''} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 # -- main -------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -263,6 +383,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads, here and in the TorchServe worker (via "
                         "OMP_NUM_THREADS); default: torch's choice (= cores)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (the full CPU report) or cuda: a batch 1..64 sweep per precision, "
+                        "in-process and served, with GPU utilisation")
+    p.add_argument("--precisions", nargs="+", default=None, choices=("fp32", "fp16", "bf16"),
+                   help="precisions for the device sweep (default: fp32 fp16 on cuda)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--render", type=Path, default=None,
                    help="only re-render benchmark.md/.png (and the summary) from this JSON")
@@ -285,6 +410,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.render:
         return render(args.render)
+    if args.device != "cpu" or args.precisions:
+        return device_sweep(args)
     if args.threads:  # the worker inherits our environment through the launcher
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
@@ -332,8 +459,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         inproc = {}
         for b in batch_sizes:
             reqs = [{"body": bodies[i % len(bodies)]} for i in range(b)]
-            tensors = pipeline.preprocess(reqs).tensors
-            m = time_call(model_call(pipeline.model, tensors), inproc_s)
+            inputs = pipeline.model_inputs(pipeline.preprocess(reqs))
+            m = time_call(model_call(pipeline.model, inputs), inproc_s)
             full = time_call(lambda reqs=reqs: pipeline.predict(reqs), inproc_s)
             # median: one preemption by a neighbour's job must not move the ceiling
             inproc[b] = {"model_only_items_s": round(b / m["median_s"], 2),
@@ -348,13 +475,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         int8_eager = quantize_int8(eager)
         int8_ts = trace(int8_eager, cfg)
         variants: dict[str, dict[str, float]] = {}
-        probe = pipeline.preprocess([{"body": b} for b in bodies * 4]).tensors
+        probe = pipeline.model_inputs(pipeline.preprocess([{"body": b} for b in bodies * 4]))
         for name, mod in (("eager", eager), ("torchscript", pipeline.model),
                           ("int8_torchscript", int8_ts)):  # fmt: skip
             variants[name] = {}
             for b in variants_b:
                 reqs = [{"body": bodies[i % len(bodies)]} for i in range(b)]
-                t = time_call(model_call(mod, pipeline.preprocess(reqs).tensors), inproc_s)
+                inputs = pipeline.model_inputs(pipeline.preprocess(reqs))
+                t = time_call(model_call(mod, inputs), inproc_s)
                 variants[name][f"b{b}_items_s"] = round(b / t["median_s"], 2)
             print(f"[bench] {name}: {variants[name]}", flush=True)
         with torch.inference_mode(), quiet_tracing():
