@@ -90,7 +90,7 @@ class FusionSentimentHandler(BaseHandler):
         batch.timings_ms["postprocess"] = (time.perf_counter() - start) * 1000
         errors = {**refused, **{admitted[row]: err for row, err in batch.errors.items()}}
         for slot, err in errors.items():
-            context.set_response_status(err.status, err.message, idx=slot)
+            context.set_response_status(err.status, status_phrase(err.message), idx=slot)
         for slot in range(len(data)):
             context.set_response_content_type(slot, "application/json")
             if not is_http(context, slot):
@@ -129,6 +129,19 @@ def split_expired(
         else:
             refused[slot] = error
     return admitted, items, refused
+
+
+def status_phrase(message: str, limit: int = 200) -> str:
+    """``message`` as a safe HTTP reason phrase: printable ASCII only, one line, bounded.
+
+    TorchServe 0.12's worker frames the phrase with its length in *characters*
+    (``create_predict_response``: ``len(phrase)`` then ``phrase.encode("utf-8")``), so one
+    non-ASCII character in it (e.g. an echoed bad value) desynchronises the frame: the frontend
+    reads a garbage length ("Message size exceed limit"), drops the connection and restarts the
+    worker, failing every batch mate. The full message still goes out in the JSON body.
+    """
+    safe = "".join(ch if " " <= ch <= "~" else "?" for ch in message)
+    return safe[:limit]
 
 
 def request_headers(context: Context, slot: int) -> dict[str, str]:

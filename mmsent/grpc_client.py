@@ -54,6 +54,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,  # the handler's deadline refusal
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     500: grpc.StatusCode.INTERNAL,
@@ -100,6 +101,14 @@ def _error_from_rpc(err: grpc.RpcError) -> PredictionError:
         match = re.search(r"\b([45]\d\d)\b", details)
         status = int(match.group(1)) if match else None
     return PredictionError(code, details, status)
+
+
+def answer_or_raise(prediction: bytes) -> dict[str, Any]:
+    """The handler's JSON answer; a per-item error (delivered as gRPC OK) is raised."""
+    answer = json.loads(prediction)
+    if isinstance(answer, dict) and "error" in answer:
+        raise PredictionError(grpc.StatusCode.OK, str(answer["error"]), answer.get("code"))
+    return answer
 
 
 def build_input(text: str | None = None, image: bytes | None = None) -> dict[str, bytes]:
@@ -156,10 +165,38 @@ class GrpcClient:
         self, model: str, text: str | None = None, image: bytes | None = None, version: str = ""
     ) -> dict[str, Any]:
         """Predict on text and/or raw image bytes; returns the handler's JSON answer."""
-        answer = json.loads(self.predict_raw(model, build_input(text, image), version))
-        if isinstance(answer, dict) and "error" in answer:  # per-item error, delivered as OK
-            raise PredictionError(grpc.StatusCode.OK, str(answer["error"]), answer.get("code"))
-        return answer
+        return answer_or_raise(self.predict_raw(model, build_input(text, image), version))
+
+    def stream_predict_raw(
+        self, model: str, fields: Mapping[str, bytes], version: str = ""
+    ) -> list[bytes]:
+        """``StreamPredictions``: every message of the server stream, in order.
+
+        This model answers a stream call with exactly one message (the same bytes as
+        ``Predictions``); the handler marks it as the last one (``ts_stream_next: false``), which
+        TorchServe 0.12 requires, or its frontend fails and the worker is restarted.
+        """
+        request = inference_pb2.PredictionsRequest(
+            model_name=model, model_version=version, input=dict(fields)
+        )
+        try:
+            stream = self.inference.StreamPredictions(
+                request, timeout=self.timeout, metadata=self._metadata(self.inference_key)
+            )
+            return [reply.prediction for reply in stream]
+        except grpc.RpcError as err:
+            raise _error_from_rpc(err) from None
+
+    def stream_predict(
+        self, model: str, text: str | None = None, image: bytes | None = None, version: str = ""
+    ) -> dict[str, Any]:
+        """:meth:`predict` over ``StreamPredictions`` (one message expected)."""
+        messages = self.stream_predict_raw(model, build_input(text, image), version)
+        if len(messages) != 1:
+            raise PredictionError(
+                grpc.StatusCode.OK, f"expected one stream message, got {len(messages)}"
+            )
+        return answer_or_raise(messages[0])
 
     # -- management --------------------------------------------------------------------------
     def list_models(self, limit: int = 100) -> dict[str, Any]:

@@ -181,6 +181,39 @@ def test_allowed_urls_refuses_outside_urls_even_with_the_model_api_on(
     _assert_untouched(sock)
 
 
+# -- what the management API leaves open ------------------------------------------------------
+def test_management_api_blocks_register_and_delete_but_not_scaling(
+    server: TorchServe, prod_server: TorchServe
+) -> None:
+    """``enable_model_api=false`` blocks only register/unregister (REST 405, gRPC
+    PERMISSION_DENIED). Scaling workers and setting the default version stay open to whoever can
+    reach the management port (dev: any local process; production: holders of the management
+    key), over REST and gRPC: TorchServe 0.12 has no switch for them. Scaled to the value it
+    already has, so the shared server is not disturbed."""
+    from mmsent.grpc_stubs import management_pb2
+
+    mgmt = f"{server.management_url}/models/{MODEL_NAME}"
+    assert requests.delete(mgmt, timeout=30).status_code == 405
+    scale = {"min_worker": 1, "max_worker": 1, "synchronous": "true"}
+    assert requests.put(mgmt, params=scale, timeout=120).status_code == 200
+    assert requests.put(f"{mgmt}/1.0/set-default", timeout=30).status_code == 200
+    with GrpcClient(server.grpc_target, server.grpc_management_target) as client:
+        reply = client.management.ScaleWorker(management_pb2.ScaleWorkerRequest(
+            model_name=MODEL_NAME, min_worker=1, max_worker=1), timeout=60)  # fmt: skip
+        assert "worker" in reply.msg.lower()
+        with pytest.raises(grpc.RpcError) as info:
+            client.management.UnregisterModel(
+                management_pb2.UnregisterModelRequest(model_name=MODEL_NAME), timeout=60)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    prod_mgmt = f"{prod_server.management_url}/models/{MODEL_NAME}"
+    refused = requests.put(prod_mgmt, params=scale, timeout=60)
+    assert refused.status_code == 400 and refused.json()["type"] == "InvalidKeyException"
+    allowed = requests.put(prod_mgmt, params=scale, headers=prod_server.bearer("management"),
+                           timeout=120)  # fmt: skip
+    assert allowed.status_code == 200, allowed.text
+    assert server.ready_workers(MODEL_NAME) == 1
+
+
 # -- a tampered archive is never started -------------------------------------------------------
 @pytest.mark.parametrize("sidecar", ["stale", "missing"])
 def test_serve_start_refuses_a_tampered_archive(
