@@ -6,6 +6,7 @@ here ever downloads: every weight comes from an installed package or a path the 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,24 @@ import torch
 from torch import nn
 
 TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+LOSS_TYPE_NOTICE = "`loss_type=None` was set in the config but it is unrecognized."
+
+
+class _DropLossTypeNotice(logging.Filter):
+    """Drops exactly transformers' "`loss_type=None` ... `ForCausalLMLoss`" notice.
+
+    ``torch.jit.trace`` probes every attribute of every submodule (``hasattr`` in
+    ``torch._jit_internal.module_has_exports``), which evaluates ``BertModel.loss_function``; a
+    bare encoder has no loss type, so transformers logs that it falls back to a causal-LM loss.
+    This model never computes a loss, yet every archive build printed it and it reads like an
+    error. Every other message of that logger still gets through.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(LOSS_TYPE_NOTICE)
+
+
+_LOSS_TYPE_FILTER = _DropLossTypeNotice()
 
 
 def _minilm_dir() -> Path:
@@ -48,6 +67,7 @@ def build_text_encoder(text_encoder: str) -> tuple[nn.Module, int]:
     from transformers import BertConfig, BertModel
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.getLogger("transformers.modeling_utils").addFilter(_LOSS_TYPE_FILTER)  # idempotent
     if text_encoder == "tiny":
         config = BertConfig(**TINY_BERT, attn_implementation="eager")
         model = BertModel(config, add_pooling_layer=False)

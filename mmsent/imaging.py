@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import warnings
 
 import numpy as np
@@ -60,18 +61,76 @@ def open_image(data: bytes, cfg: ModelConfig) -> Image.Image:
         raise RequestError(f"image could not be decoded ({exc})") from exc
     with contextlib.suppress(Exception):  # a broken EXIF block is no reason to refuse pixels
         img = ImageOps.exif_transpose(img) or img
+    # Big images are shrunk in their own mode before any full-resolution conversion: a small
+    # file can hold 40 MP, and converting those (float, RGBA compositing) cost up to 1 GB.
+    if img.mode in HIGH_BIT_DEPTH:
+        img = high_bit_depth_to_8bit(img, keep=2 * cfg.resize_size)
+    elif _has_alpha(img):
+        img = shrink_with_alpha(img, keep=2 * cfg.resize_size)
     return to_rgb(img)
 
 
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def shrink_with_alpha(img: Image.Image, keep: int) -> Image.Image:
+    """Box-reduce an image with alpha to a short side of about ``keep`` pixels, premultiplied.
+
+    Premultiplied, because compositing on white (``to_rgb``) is linear in premultiplied colour,
+    so reduce-then-composite gives what composite-then-reduce gave, without the three
+    full-resolution RGBA copies the compositing made (~770 MB at 40 MP, measured).
+    """
+    factor = min(img.size) // keep
+    if factor < 2:
+        return img
+    rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+    return rgba.convert("RGBa").reduce(factor).convert("RGBA")
+
+
+HIGH_BIT_DEPTH = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit, 32-bit int, 32-bit float
+
+
+def high_bit_depth_to_8bit(img: Image.Image, keep: int | None = None) -> Image.Image:
+    """16/32-bit grayscale -> 8-bit ``L``: scaled by the image's maximum (when above 255),
+    after a box reduction *in the native mode* to a short side of about ``keep`` pixels.
+
+    Converting at full resolution through float64 cost ~1 GB and ~1 s per 40 MP image, for
+    pixels ``resize_crop`` throws away right after (docs/RELIABILITY.md has the numbers). The
+    maximum comes from the full image (``getextrema``, no copy), so the scale is the same as
+    before the reduction.
+    """
+    top = _max_value(img)
+    top = top if top > 255 else 255.0
+    factor = min(img.size) // keep if keep else 1
+    if factor >= 2:
+        w, h = img.size
+        img = img.resize((-(-w // factor), -(-h // factor)), Image.Resampling.BOX)
+    arr = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=top, neginf=0.0)
+    return Image.fromarray((arr * (255.0 / max(top, 1.0))).clip(0, 255).astype(np.uint8))
+
+
+def _max_value(img: Image.Image) -> float:
+    """The largest finite pixel value, without a float copy of the image where Pillow can
+    (``getextrema``; byte-swapped 16-bit modes need numpy's native-width copy)."""
+    try:
+        top = float(img.getextrema()[1])
+    except ValueError:  # "image has wrong mode": I;16B / I;16L
+        top = float(np.asarray(img).max())
+    if math.isfinite(top):
+        return top
+    arr = np.asarray(img, dtype=np.float32)  # NaN/inf in a float image: rare
+    finite = arr[np.isfinite(arr)]
+    return float(finite.max()) if finite.size else 0.0
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode (alpha, palette, CMYK, 16-bit, grayscale) to 8-bit RGB.
+    """Convert any PIL mode (alpha, palette, CMYK, 16/32-bit, grayscale) to 8-bit RGB.
 
     Transparent areas become white, as most viewers show them.
     """
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() if arr.size and arr.max() > 255 else 255.0
-        img = Image.fromarray((arr * (255.0 / max(top, 1.0))).clip(0, 255).astype(np.uint8))
+    if img.mode in HIGH_BIT_DEPTH:
+        img = high_bit_depth_to_8bit(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):

@@ -3,8 +3,17 @@
 Accepted shapes, so REST JSON, REST multipart and gRPC all land in the same place:
 - a JSON object ``{"text": str, "image": base64 str}`` (already parsed, or as bytes/str);
 - form fields ``text`` (str/bytes) and ``image`` (raw image bytes), as multipart and gRPC send;
-- a bare image file as the whole body (``curl --data-binary @photo.jpg``).
-Either modality may be absent, not both.
+- a bare image file as the whole body (``curl -H 'Content-Type: image/png' --data-binary @x``).
+
+The rules are the same on every route:
+- either modality may be absent, not both;
+- an *empty* field (blank text, a zero-byte or empty-base64 image, JSON ``null``) counts as
+  absent: that is what a browser form sends for an empty text box or file input;
+- an *unknown* field (``imgae``, ``caption``) is a 400 naming it: silently ignoring it would
+  answer as if the caller had sent nothing there;
+- a text that is not valid Unicode (a lone UTF-16 surrogate from a JSON ``"\\ud800"`` escape)
+  is a 400 here, before the batched tokenizer call it would otherwise break for the whole batch.
+Error messages name the problem and never echo the body.
 """
 
 from __future__ import annotations
@@ -12,14 +21,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mmsent.errors import RequestError
 
-BODY_KEYS = ("body", "data")
+FIELDS = ("text", "image")
+BODY_KEYS = ("body", "data")  # TorchServe: REST body -> "body"; gRPC callers send JSON as "data"
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
+_MAX_NAMED = 3  # unknown field names quoted in a message, each cut to _MAX_NAME_CHARS
+_MAX_NAME_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -34,12 +46,38 @@ def parse_item(fields: Mapping[str, Any]) -> Item:
     """Validate one request's fields; raise RequestError with a message the caller can act on."""
     if not isinstance(fields, Mapping):
         raise RequestError("request must be a JSON object or form fields")
-    body = next((fields[k] for k in BODY_KEYS if k in fields), None)
-    if body is not None:
-        if isinstance(body, bytes | bytearray) and bytes(body[:8]).startswith(_IMAGE_MAGIC):
-            return _item(None, bytes(body))
-        return _from_json(_as_json_object(body))
-    return _from_form(fields)
+    body_key = next((k for k in BODY_KEYS if k in fields), None)
+    if body_key is None:
+        _reject_unknown(fields.keys(), FIELDS, "form field")
+        return _from_form(fields)
+    extra = sorted(str(k) for k in fields if k != body_key)
+    if extra:  # a JSON body and form fields at once: which one did the caller mean?
+        raise RequestError(
+            f"form field{'s' if len(extra) > 1 else ''} {_names(extra)} sent together with a "
+            f'"{body_key}" body: send either one JSON body or form fields'
+        )
+    body = fields[body_key]
+    if isinstance(body, bytes | bytearray) and bytes(body[:8]).startswith(_IMAGE_MAGIC):
+        return _item(None, bytes(body))
+    return _from_json(_as_json_object(body))
+
+
+def _reject_unknown(keys: Iterable[Any], allowed: tuple[str, ...], what: str) -> None:
+    """400 naming the unexpected keys: strict, because ignoring ``imgae`` would answer the
+    request as if no image had been sent."""
+    unknown = sorted(str(k) for k in keys if k not in allowed)
+    if not unknown:
+        return
+    plural = "s" if len(unknown) > 1 else ""
+    accepted = " and ".join(f'"{f}"' for f in FIELDS)
+    raise RequestError(f"unknown {what}{plural} {_names(unknown)}: this model accepts {accepted}")
+
+
+def _names(names: list[str]) -> str:
+    """A few field names, quoted and shortened: a name is no place to echo a body."""
+    shown = [n if len(n) <= _MAX_NAME_CHARS else n[: _MAX_NAME_CHARS - 3] + "..." for n in names]
+    more = f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else ""
+    return ", ".join(json.dumps(n) for n in shown[:_MAX_NAMED]) + more
 
 
 def _as_json_object(body: Any) -> Mapping[str, Any]:
@@ -48,19 +86,35 @@ def _as_json_object(body: Any) -> Mapping[str, Any]:
             body = bytes(body).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RequestError("body is neither JSON (UTF-8) nor a known image format") from exc
+    if body is None or (isinstance(body, str) and not body.strip()):
+        raise RequestError("request body is empty: send JSON, form fields or an image")
     if isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise RequestError(
-                f"malformed JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
-            ) from None
+        body = _loads(body)
     if not isinstance(body, Mapping):
         raise RequestError(
             f'JSON body must be an object like {{"text": ..., "image": ...}}, '
             f"got {type(body).__name__}"
         )
+    _reject_unknown(body.keys(), FIELDS, "JSON field")
     return body
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` with every way it can fail on client input turned into a 400.
+
+    Besides JSONDecodeError, the parser raises a plain ValueError for an integer literal over
+    Python's 4300-digit limit and RecursionError for very deep nesting: both are the client's
+    malformed input, not a server error.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"at line {exc.lineno} col {exc.colno}"
+        raise RequestError(f"malformed JSON: {exc.msg} {where}") from None
+    except RecursionError:
+        raise RequestError("malformed JSON: nested too deeply") from None
+    except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise RequestError("malformed JSON: a number is too long") from None
 
 
 def _from_json(obj: Mapping[str, Any]) -> Item:
@@ -84,34 +138,45 @@ def _from_form(fields: Mapping[str, Any]) -> Item:
         raise RequestError(f'"text" must be a string, got {_json_type(text)}')
     image = fields.get("image")
     if isinstance(image, str):  # a form field typed in as text: accept base64
-        image = _b64decode(image) if image.strip() else None
+        image = _b64decode(image)
     elif isinstance(image, bytearray):
         image = bytes(image)
     elif image is not None and not isinstance(image, bytes):
         raise RequestError(f'"image" must be image bytes, got {_json_type(image)}')
-    # A browser form with an empty file input sends an empty "image" part: that means "no
-    # image", just as blank text means "no text".
-    return _item(text, image or None)
+    return _item(text, image)
 
 
 def _item(text: str | None, image: bytes | None) -> Item:
-    if text is not None and not text.strip():
-        text = None  # blank text carries no signal; fine when an image is there
+    if text is not None:
+        _check_unicode(text)
+        if not text.strip():
+            text = None  # blank text carries no signal; fine when an image is there
+    image = image or None  # an empty image part / empty base64 means "no image", as above
     if text is None and image is None:
         raise RequestError('request needs non-empty "text", an "image", or both')
     return Item(text=text, image=image)
 
 
+def _check_unicode(text: str) -> None:
+    """Refuse lone surrogates (``"\\ud800"`` in JSON): they are not Unicode text, and the
+    tokenizer, which takes the whole batch in one call, would fail every batch mate with it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        raise RequestError(
+            f'"text" is not valid Unicode: lone surrogate U+{code:04X} at character {exc.start}'
+        ) from None
+
+
 def _b64decode(value: str) -> bytes:
+    """Base64 (or a ``data:`` URI) -> bytes; empty input decodes to b"" (= no image)."""
     if value.startswith("data:") and "," in value:  # data URI: data:image/png;base64,....
         value = value.split(",", 1)[1]
     try:
-        data = base64.b64decode(value.strip(), validate=True)
+        return base64.b64decode(value.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RequestError(f'"image" is not valid base64 ({exc})') from exc
-    if not data:
-        raise RequestError('"image" is empty')
-    return data
 
 
 def _json_type(value: Any) -> str:

@@ -180,9 +180,50 @@ class SentimentPipeline:
                 [m for m, v in zip(MODALITIES, (item.text, image), strict=True) if v is not None]
             )
         if items:
-            batch.tensors = self._to_tensors(items, images, batch)
+            self._tensorize(batch, items, images)
         batch.timings_ms["preprocess"] = (time.perf_counter() - start) * 1000
         return batch
+
+    def _tensorize(self, batch: Batch, items: list[Item], images: list[Tensor | None]) -> None:
+        """``_to_tensors`` for the valid rows; if that batch-wide step fails, retry each row
+        alone, answer the rows that still fail with their own error and rebuild without them.
+
+        The tokenizer call and the stacking take every row at once, so one row they choke on
+        would otherwise cost the whole TorchServe batch a 503. Validation in ``parse_item``
+        catches the known cases (lone surrogates) with a 400; this is the net for the unknown
+        ones, and it costs nothing unless a batched step raised.
+        """
+        try:
+            batch.tensors = self._to_tensors(items, images, batch)
+            return
+        except Exception:
+            logger.exception("batched preprocessing failed; retrying its %d rows one by one",
+                             len(items))  # fmt: skip
+        keep = self._rows_that_pass_alone(batch, items, images)
+        batch.rows = [batch.rows[r] for r in keep]
+        batch.modalities = [batch.modalities[r] for r in keep]
+        if not keep:
+            return
+        rebuilt = _guard(-1, self._to_tensors, [items[r] for r in keep],
+                         [images[r] for r in keep], batch)  # fmt: skip
+        if isinstance(rebuilt, RequestError):  # every row passes alone, not together: our bug
+            batch.errors.update({slot: rebuilt for slot in batch.rows})
+            batch.rows, batch.modalities = [], []
+        else:
+            batch.tensors = rebuilt
+
+    def _rows_that_pass_alone(
+        self, batch: Batch, items: list[Item], images: list[Tensor | None]
+    ) -> list[int]:
+        """Rows whose ``_to_tensors`` works on its own; each other row's slot gets its error."""
+        keep = []
+        for row, (slot, item, image) in enumerate(zip(batch.rows, items, images, strict=True)):
+            alone = _guard(slot, self._to_tensors, [item], [image], Batch(size=1))
+            if isinstance(alone, RequestError):
+                batch.errors[slot] = alone
+            else:
+                keep.append(row)
+        return keep
 
     def _map(self, fn: Callable[[Any], Any], jobs: list[tuple[int, bytes]]) -> list[Any]:
         # Small images decode in well under a millisecond: thread hand-offs would cost more

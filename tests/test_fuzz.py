@@ -12,6 +12,7 @@ Bounded (``max_examples``, no deadline: the CPU is shared) so the file runs well
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -83,6 +84,20 @@ def mutated_images(draw: st.DrawFn) -> bytes:
     return bytes(data[:cut])
 
 
+# JSON that json.loads rejects with something other than JSONDecodeError, lone surrogates
+# (which break the batched tokenizer call) and unknown/misspelled fields: issue 9, round two.
+surrogate_text = st.builds(
+    lambda a, code, b: a + chr(code) + b, st.text(max_size=20),
+    st.integers(0xD800, 0xDFFF), st.text(max_size=20),
+)
+hostile_json = st.one_of(
+    st.builds(lambda n: b'{"text": 1' + b"0" * n + b"}", st.integers(4290, 6000)),
+    st.builds(lambda n, c: c * n, st.integers(500, 60_000), st.sampled_from([b"[", b'{"a":'])),
+    st.builds(lambda t: {"body": {"text": t}}, surrogate_text),
+    st.builds(lambda t: {"data": json.dumps({"text": t}).encode()}, surrogate_text),
+    st.builds(lambda k: {"body": {"text": "ok", k: "x"}}, st.text(min_size=1, max_size=300)),
+    st.builds(lambda k: {"text": b"ok", k: b"x"}, st.text(min_size=1, max_size=300)),
+)  # fmt: skip
 image_bytes = (
     st.binary(max_size=256)
     | st.builds(lambda m, rest: m + rest, st.sampled_from(MAGICS), st.binary(max_size=256))
@@ -99,6 +114,7 @@ raw_requests = st.one_of(
               image_bytes),
     st.builds(lambda t, i: {"body": {"text": t, "image": b64(i)}}, st.text(max_size=60),
               image_bytes),
+    st.builds(lambda b: {"body": b} if isinstance(b, bytes) else b, hostile_json),
 )  # fmt: skip
 GOOD = {"body": {"text": "a calm and pleasant afternoon", "image": b64(jpeg_bytes((40, 30)))}}
 

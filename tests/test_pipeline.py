@@ -41,7 +41,17 @@ BAD_CASES: dict[str, tuple[dict[str, Any], int, str]] = {
     "truncated jpeg": ({"image": jpeg_bytes((400, 300))[:700]}, 400, "could not be decoded"),
     "text not utf-8": ({"text": b"\xff\xfe\xfa"}, 400, "not valid UTF-8"),
     "image wrong type in form": ({"image": 12}, 400, "must be image bytes"),
-}
+    "lone surrogate": ({"body": {"text": "hi \ud800"}}, 400, "lone surrogate U+D800"),
+    "misspelled json field": ({"body": {"text": "x", "imgae": "y"}}, 400,
+                              'unknown JSON field "imgae"'),
+    "unknown form part": ({"text": b"x", "caption": b"y"}, 400, 'unknown form field "caption"'),
+    "json body plus a form field": ({"data": b'{"text": "x"}', "text": b"y"}, 400,
+                                    'form field "text" sent together with a "data" body'),
+    "integer over 4300 digits": ({"body": b'{"text": 1' + b"0" * 5000 + b"}"}, 400,
+                                 "malformed JSON: a number is too long"),
+    "nested too deeply": ({"body": b"[" * 100_000}, 400, "malformed JSON: nested too deeply"),
+    "empty body": ({"body": b""}, 400, "request body is empty"),
+}  # fmt: skip
 
 
 def test_bad_items_fail_alone_and_good_ones_match_a_clean_batch(
@@ -124,12 +134,64 @@ def test_unusual_image_modes_are_converted(pipeline: SentimentPipeline, mode: st
     assert answer.get("modalities") == ["image"], answer
 
 
-def test_empty_form_image_means_no_image(pipeline: SentimentPipeline) -> None:
-    """What a browser sends for a form whose file input was left empty."""
-    text_only, nothing = pipeline.predict([{"text": b"just words", "image": b""},
-                                           {"text": b"", "image": b""}])
-    assert text_only["modalities"] == ["text"]
-    assert nothing["code"] == 400 and "needs non-empty" in nothing["error"]
+def test_empty_image_means_no_image_on_every_route(pipeline: SentimentPipeline) -> None:
+    """One rule for an empty image field, whatever the route: it counts as absent (what a
+    browser sends for a form whose file input was left empty). Before, JSON said 400."""
+    answers = pipeline.predict([
+        {"text": b"just words", "image": b""},  # multipart / gRPC part of zero bytes
+        {"text": "just words", "image": "  "},  # a form field typed in as text
+        {"body": {"text": "just words", "image": ""}},  # JSON, empty base64
+        {"body": b'{"text": "just words", "image": "data:image/png;base64,"}'},
+        {"body": {"text": "just words", "image": None}},  # JSON null
+    ])  # fmt: skip
+    assert [a["modalities"] for a in answers] == [["text"]] * 5, answers
+    first = answers[0]["probabilities"]
+    assert all(a["probabilities"] == pytest.approx(first, abs=1e-5) for a in answers)
+    nothing = pipeline.predict([{"text": b"", "image": b""}, {"body": {"image": ""}}])
+    assert all(a["code"] == 400 and "needs non-empty" in a["error"] for a in nothing)
+
+
+def test_several_poisoned_texts_fail_alone(pipeline: SentimentPipeline) -> None:
+    """Lone surrogates (high, low, one far beyond the 20k-char clip) mixed into one batch: each
+    gets its own 400, the good rows their clean-batch answer. Before: the batched tokenizer
+    call raised and the whole batch failed."""
+    good = [{"body": {"text": f"good text number {i}"}} for i in range(4)]
+    poisoned = [{"body": {"text": "hi \ud800"}}, {"body": {"text": "\udfff at the start"}},
+                {"body": b'{"text": "emoji half \\ud83d"}'},
+                {"body": {"text": "x" * 25_000 + "\udc00"}}]  # fmt: skip
+    mixed = [good[0], poisoned[0], poisoned[1], good[1], poisoned[2], good[2], poisoned[3], good[3]]
+    answers = pipeline.predict(mixed)
+    clean = pipeline.predict(good)
+    for i in (1, 2, 4, 6):
+        assert answers[i]["code"] == 400 and "lone surrogate" in answers[i]["error"], answers[i]
+    for mate, ref in zip([answers[i] for i in (0, 3, 5, 7)], clean, strict=True):
+        assert mate["probabilities"] == pytest.approx(ref["probabilities"], abs=1e-5)
+
+
+def test_a_failing_batched_step_is_retried_item_by_item(pipeline: SentimentPipeline) -> None:
+    """An unforeseen per-item failure inside the ONE batched tokenizer call (injected here: the
+    tokenizer raises on any batch holding "POISON") costs only the items that fail alone: they
+    get a 500 each, every other row its normal answer."""
+    real = pipeline.tokenizer
+
+    def picky(texts: list[str], **kw: Any) -> Any:
+        if any("POISON" in t for t in texts):
+            raise RuntimeError("tokenizer exploded")
+        return real(texts, **kw)
+
+    good = [{"body": {"text": f"fine text {i}"}} for i in range(3)]
+    clean = pipeline.predict(good)
+    pipeline.tokenizer = picky
+    try:
+        answers = pipeline.predict([good[0], {"body": {"text": "POISON one"}}, good[1],
+                                    {"text": b"POISON two", "image": jpeg_bytes()}, good[2]])
+    finally:
+        pipeline.tokenizer = real
+    assert [a.get("code") for a in answers] == [None, 500, None, 500, None], answers
+    assert answers[1]["error"] == "internal error: RuntimeError"
+    for mate, ref in zip([answers[0], answers[2], answers[4]], clean, strict=True):
+        assert mate["probabilities"] == pytest.approx(ref["probabilities"], abs=1e-5)
+        assert mate["batch_size"] == 5
 
 
 def test_data_uri_base64_is_accepted(pipeline: SentimentPipeline) -> None:
