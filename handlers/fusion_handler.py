@@ -17,6 +17,7 @@ from ts.context import Context
 from ts.torch_handler.base_handler import BaseHandler
 
 from mmsent.errors import RequestError
+from mmsent.explain import EXPLAIN_HEADER, ExplainOptions, explain_batch, split_options
 from mmsent.pipeline import Batch, SentimentPipeline
 
 logger = logging.getLogger(__name__)
@@ -82,12 +83,15 @@ class FusionSentimentHandler(BaseHandler):
         """
         self.context = context
         admitted, items, refused = split_expired(data, context)
+        admitted, items, wanted = self._take_explain_options(context, admitted, items, refused)
         batch = self.preprocess(items)
         outputs = self.inference(batch)
         start = time.perf_counter()
         by_slot = {slot: err.to_dict() for slot, err in refused.items()}
         by_slot.update(zip(admitted, self.postprocess(batch, outputs), strict=True))
         batch.timings_ms["postprocess"] = (time.perf_counter() - start) * 1000
+        if wanted:
+            self._add_explanations(batch, outputs, items, wanted, admitted, by_slot)
         errors = {**refused, **{admitted[row]: err for row, err in batch.errors.items()}}
         for slot, err in errors.items():
             context.set_response_status(err.status, status_phrase(err.message), idx=slot)
@@ -97,6 +101,56 @@ class FusionSentimentHandler(BaseHandler):
                 context.set_response_header(slot, STREAM_NEXT, "false")
         self._emit_metrics(context, batch)
         return [json.dumps(by_slot[slot]) for slot in range(len(data))]
+
+    def _take_explain_options(
+        self,
+        context: Context,
+        admitted: list[int],
+        items: list[dict[str, Any]],
+        refused: dict[int, RequestError],
+    ) -> tuple[list[int], list[dict[str, Any]], dict[int, ExplainOptions]]:
+        """(slots, items, {position in items: options}) for the ``/explanations`` requests.
+
+        TorchServe marks those with the request header ``explain: True``. It is read per item:
+        ``BaseHandler._is_explain`` looks at item 0 only, but one batch can mix /predictions and
+        /explanations requests. The options (``x-explain-grid``, ``x-explain-classes``: headers,
+        or form fields taken out of the item before the payload parser sees it) are checked
+        here; a bad option refuses that item only.
+        """
+        slots: list[int] = []
+        kept: list[dict[str, Any]] = []
+        wanted: dict[int, ExplainOptions] = {}
+        for slot, item in zip(admitted, items, strict=True):
+            headers = request_headers(context, slot)
+            if headers.get(EXPLAIN_HEADER) == "True":
+                try:
+                    item, wanted[len(kept)] = split_options(item, self.pipeline.cfg.limits, headers)
+                except RequestError as err:
+                    refused[slot] = err
+                    continue
+            slots.append(slot)
+            kept.append(item)
+        return slots, kept, wanted
+
+    def _add_explanations(
+        self,
+        batch: Batch,
+        outputs: Any,
+        items: list[dict[str, Any]],
+        wanted: dict[int, ExplainOptions],
+        admitted: list[int],
+        by_slot: dict[int, Any],
+    ) -> None:
+        """Add ``explanation`` to each answered /explanations item (mmsent.explain does the
+        work); an item whose explanation fails gets that error instead, alone."""
+        start = time.perf_counter()
+        for pos, result in explain_batch(self.pipeline, batch, outputs, items, wanted).items():
+            if isinstance(result, RequestError):
+                batch.errors[pos] = result
+                by_slot[admitted[pos]] = result.to_dict()
+            else:
+                by_slot[admitted[pos]]["explanation"] = result
+        batch.timings_ms["explain"] = (time.perf_counter() - start) * 1000
 
     @staticmethod
     def _emit_metrics(context: Context, batch: Batch) -> None:

@@ -20,8 +20,10 @@ HANDLER = ROOT / "handlers" / "fusion_handler.py"
 MODEL_CONFIG_YAML = ROOT / "handlers" / "model-config.yaml"
 DEFAULT_MODEL_NAME = "fusion_sentiment"
 # What the handler imports at serving time; model.py / encoders.py deliberately stay out.
+# explain.py needs captum in the serving environment, but only for /explanations.
 SERVING_MODULES = (
-    "__init__.py", "config.py", "errors.py", "imaging.py", "payload.py", "pipeline.py"
+    "__init__.py", "config.py", "errors.py", "explain.py", "imaging.py", "payload.py",
+    "pipeline.py",
 )
 
 

@@ -35,6 +35,11 @@ class RequestLimits:
     max_image_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = 40_000_000  # ~ a 7700x5200 photo; bombs claim far more
     max_text_chars: int = 20_000  # longer text is clipped (and reported), never an error
+    # /explanations costs one perturbed forward row per word and per region (mmsent/explain.py)
+    # and holds the worker meanwhile: these bound one request (measured worst case, 62 words +
+    # a 10x10 grid, default model, 2-core CPU: 3.1 s); beyond them the answer is a 413.
+    max_explain_words: int = 64  # every text max_text_length=64 admits (<= 62 words) fits
+    max_explain_cells: int = 100  # up to a 10x10 grid (22 px cells at 224 px)
 
 
 @dataclass(frozen=True)
