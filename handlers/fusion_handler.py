@@ -1,4 +1,4 @@
-"""TorchServe handler for the fusion sentiment model: a thin adapter over mmsent.pipeline.
+"""TorchServe handler for the fusion sentiment model: a thin adapter over mmsent.serving.pipeline.
 
 TorchServe batches requests (``batchSize`` / ``maxBatchDelay`` in model-config.yaml) and hands
 the list to :meth:`handle`. Every step works on the whole batch; a bad item gets its own 4xx
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,8 +18,11 @@ from ts.context import Context
 from ts.torch_handler.base_handler import BaseHandler
 
 from mmsent.errors import RequestError
-from mmsent.explain import EXPLAIN_HEADER, ExplainOptions, explain_batch, split_options
-from mmsent.pipeline import Batch, SentimentPipeline
+from mmsent.serving import pipeline as pipeline_module
+from mmsent.serving.deadline import admit
+from mmsent.serving.explain import EXPLAIN_HEADER, ExplainOptions, explain_batch, split_options
+from mmsent.serving.limits import RequestLimits
+from mmsent.serving.pipeline import Batch, SentimentPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +33,6 @@ logger = logging.getLogger(__name__)
 # "I" command, without headers), so every answer to a gRPC item carries it; unary gRPC ignores it.
 # REST must NOT get it: RestJob treats it as a chunked stream and never writes the status line.
 STREAM_NEXT = "ts_stream_next"
-# Client deadline, epoch milliseconds: an HTTP header over REST, an input field over gRPC
-# (TorchServe does not forward gRPC metadata to the worker). docs/RELIABILITY.md "Deadlines".
-DEADLINE_KEY = "x-request-deadline"
-DEADLINE_STATUS = 408
 
 
 def serving_device(gpu_id: int | str | None, cuda_available: bool) -> str:
@@ -59,21 +59,25 @@ class FusionSentimentHandler(BaseHandler):
         device = serving_device(props.get("gpu_id"), torch.cuda.is_available())
         if device.startswith("cuda"):
             torch.cuda.set_device(device)  # allocations without an explicit device land here too
-        self.pipeline = SentimentPipeline.from_dir(props["model_dir"], device)
+        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        limits = RequestLimits.from_mapping(settings.get("limits"))
+        self.pipeline = SentimentPipeline.from_dir(props["model_dir"], device, limits=limits)
         self.pipeline.warmup()
         self.context = context
         self.initialized = True
         logger.info("fusion sentiment model: gpu_id=%s assigned, loaded on %s in %s",
                     props.get("gpu_id"), device, self.pipeline.dtype)
+        logger.info("serving code from %s", Path(pipeline_module.__file__).parent)
 
     def preprocess(self, data: list[dict[str, Any]]) -> Batch:
         return self.pipeline.preprocess(data)
 
-    def inference(self, data: Batch, *args: Any, **kwargs: Any):
-        return self.pipeline.infer(data)
+    def inference(self, data: Batch, *args: Any, **kwargs: Any) -> Batch:
+        self.pipeline.infer(data)  # the outputs travel in the batch
+        return data
 
-    def postprocess(self, data: Batch, outputs=None) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.pipeline.postprocess(data, outputs)
+    def postprocess(self, data: Batch) -> list[dict[str, Any]]:
+        return self.pipeline.postprocess(data)
 
     def handle(self, data: list[dict[str, Any]], context: Context) -> list[str]:
         """Run the batch; set each item's HTTP status; answer one JSON string per request.
@@ -81,17 +85,15 @@ class FusionSentimentHandler(BaseHandler):
         Items whose client deadline has passed are answered 408 without decoding or running the
         model, so abandoned requests do not delay the live ones queued behind them.
         """
+        start = time.perf_counter()
         self.context = context
         admitted, items, refused = split_expired(data, context)
         admitted, items, wanted = self._take_explain_options(context, admitted, items, refused)
-        batch = self.preprocess(items)
-        outputs = self.inference(batch)
-        start = time.perf_counter()
+        batch = self.inference(self.preprocess(items))
         by_slot = {slot: err.to_dict() for slot, err in refused.items()}
-        by_slot.update(zip(admitted, self.postprocess(batch, outputs), strict=True))
-        batch.timings_ms["postprocess"] = (time.perf_counter() - start) * 1000
+        by_slot.update(zip(admitted, self.postprocess(batch), strict=True))
         if wanted:
-            self._add_explanations(batch, outputs, items, wanted, admitted, by_slot)
+            self._add_explanations(batch, items, wanted, admitted, by_slot)
         errors = {**refused, **{admitted[row]: err for row, err in batch.errors.items()}}
         for slot, err in errors.items():
             context.set_response_status(err.status, status_phrase(err.message), idx=slot)
@@ -99,8 +101,9 @@ class FusionSentimentHandler(BaseHandler):
             context.set_response_content_type(slot, "application/json")
             if not is_http(context, slot):
                 context.set_response_header(slot, STREAM_NEXT, "false")
-        self._emit_metrics(context, batch)
-        return [json.dumps(by_slot[slot]) for slot in range(len(data))]
+        answers = [json.dumps(by_slot[slot]) for slot in range(len(data))]
+        self._emit_metrics(context, batch, (time.perf_counter() - start) * 1000)
+        return answers
 
     def _take_explain_options(
         self,
@@ -124,7 +127,7 @@ class FusionSentimentHandler(BaseHandler):
             headers = request_headers(context, slot)
             if headers.get(EXPLAIN_HEADER) == "True":
                 try:
-                    item, wanted[len(kept)] = split_options(item, self.pipeline.cfg.limits, headers)
+                    item, wanted[len(kept)] = split_options(item, self.pipeline.limits, headers)
                 except RequestError as err:
                     refused[slot] = err
                     continue
@@ -135,16 +138,16 @@ class FusionSentimentHandler(BaseHandler):
     def _add_explanations(
         self,
         batch: Batch,
-        outputs: Any,
         items: list[dict[str, Any]],
         wanted: dict[int, ExplainOptions],
         admitted: list[int],
         by_slot: dict[int, Any],
     ) -> None:
-        """Add ``explanation`` to each answered /explanations item (mmsent.explain does the
-        work); an item whose explanation fails gets that error instead, alone."""
+        """Add ``explanation`` to each answered /explanations item (mmsent.serving.explain does
+        the work); an item whose explanation fails gets that error instead, alone."""
         start = time.perf_counter()
-        for pos, result in explain_batch(self.pipeline, batch, outputs, items, wanted).items():
+        for pos, result in explain_batch(self.pipeline, batch, batch.outputs, items,
+                                         wanted).items():  # fmt: skip
             if isinstance(result, RequestError):
                 batch.errors[pos] = result
                 by_slot[admitted[pos]] = result.to_dict()
@@ -153,12 +156,14 @@ class FusionSentimentHandler(BaseHandler):
         batch.timings_ms["explain"] = (time.perf_counter() - start) * 1000
 
     @staticmethod
-    def _emit_metrics(context: Context, batch: Batch) -> None:
-        """Batch size and stage timings as model metrics (model_metrics.log / metrics API)."""
+    def _emit_metrics(context: Context, batch: Batch, handler_ms: float) -> None:
+        """Batch size, stage timings and BaseHandler's own ``HandlerTime`` (the whole handle
+        call) as model metrics (model_metrics.log / metrics API)."""
         metrics = getattr(context, "metrics", None)
         if metrics is None:
             return
         try:
+            metrics.add_time("HandlerTime", handler_ms, None, "ms")
             metrics.add_metric("BatchSize", batch.size, "count")
             for stage, ms in batch.timings_ms.items():
                 metrics.add_time(f"Handler{stage.capitalize()}Time", ms, None, "ms")
@@ -211,41 +216,3 @@ def request_headers(context: Context, slot: int) -> dict[str, str]:
 def is_http(context: Context, slot: int) -> bool:
     """True for a REST item: the frontend copies every HTTP header; gRPC items carry none."""
     return bool(request_headers(context, slot))
-
-
-def admit(
-    raw: dict[str, Any], headers: dict[str, str], now_ms: float
-) -> tuple[dict[str, Any], RequestError | None]:
-    """``raw`` without the deadline field, and the error to answer instead of running it.
-
-    The deadline travels as a header (REST) or as an input field (gRPC); the field is removed
-    so the payload parser never sees a transport detail as request data.
-    """
-    if not isinstance(raw, dict) or DEADLINE_KEY not in raw and DEADLINE_KEY not in headers:
-        return raw, None
-    item = {k: v for k, v in raw.items() if k != DEADLINE_KEY}
-    value = raw.get(DEADLINE_KEY, headers.get(DEADLINE_KEY))
-    try:
-        deadline_ms = parse_deadline(value)
-    except RequestError as err:
-        return item, err
-    late_ms = now_ms - deadline_ms
-    if late_ms > 0:
-        return item, RequestError(
-            f"deadline passed {late_ms:.0f} ms before the request reached the model; not run",
-            DEADLINE_STATUS,
-        )
-    return item, None
-
-
-def parse_deadline(value: Any) -> float:
-    """Epoch milliseconds from a header/field value, or a 400 naming the expected form."""
-    if isinstance(value, bytes | bytearray):
-        value = bytes(value).decode("ascii", errors="replace")
-    try:
-        deadline = float(str(value).strip())
-    except ValueError:
-        deadline = float("nan")
-    if not deadline > 0 or deadline == float("inf"):
-        raise RequestError(f'"{DEADLINE_KEY}" must be epoch milliseconds, got {str(value)[:40]!r}')
-    return deadline

@@ -9,7 +9,8 @@ TorchServe's dynamic batches.
 Options (custom Locust arguments; each defaults to an env var so ``run_loadtest.py`` and CI can
 set them without touching the command line):
 - ``--payload-mix`` / ``MMSENT_PAYLOAD_MIX``: weights per kind, e.g.
-  ``text=1,image-small=1,both-small=4,image-large=1,both-large=1`` (kinds: loadtest/payloads.py);
+  ``text=1,image-small=1,both-small=4,image-large=1,both-large=1``
+  (kinds: mmsent/harness/workload.py);
 - ``--grpc-target`` / ``MMSENT_GRPC_TARGET`` (host:port), ``--model-name`` / ``MMSENT_MODEL``;
 - ``--response-log`` / ``MMSENT_RESPONSE_LOG``: CSV of every answer's batch_size and handler
   timings (for the batch-size-over-time plot and the time split);
@@ -24,10 +25,8 @@ import csv
 import json
 import os
 import random
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -39,13 +38,10 @@ grpc_gevent.init_gevent()
 
 from locust import FastHttpUser, LoadTestShape, User, constant, events, tag, task  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from payloads import DEFAULT_MIX, KINDS, Payload, make_payloads, parse_mix  # noqa: E402
-
-from mmsent.grpc_client import GrpcClient, PredictionError  # noqa: E402
+from mmsent.clients.grpc import DEFAULT_TARGET as DEFAULT_GRPC_TARGET  # noqa: E402
+from mmsent.clients.grpc import GrpcClient, PredictionError  # noqa: E402
+from mmsent.config import DEFAULT_MODEL_NAME  # noqa: E402
+from mmsent.harness.workload import DEFAULT_MIX, KINDS, Payload, make_payloads, parse_mix  # noqa: E402
 
 PAYLOADS = make_payloads()
 LOG_FIELDS = ("time", "protocol", "kind", "ok", "latency_ms", "batch_size", "preprocess_ms",
@@ -58,8 +54,8 @@ def _add_arguments(parser: Any) -> None:
     group.add_argument("--payload-mix", default=DEFAULT_MIX,
                        help=f"weights per payload kind ({', '.join(KINDS)})")
     group.add_argument("--grpc-target", default=os.environ.get("MMSENT_GRPC_TARGET",
-                                                               "127.0.0.1:7070"))
-    group.add_argument("--model-name", default=os.environ.get("MMSENT_MODEL", "fusion_sentiment"))
+                                                               DEFAULT_GRPC_TARGET))
+    group.add_argument("--model-name", default=os.environ.get("MMSENT_MODEL", DEFAULT_MODEL_NAME))
     group.add_argument("--response-log", default=os.environ.get("MMSENT_RESPONSE_LOG", ""),
                        help="CSV file for per-answer batch_size / handler timings")
 
@@ -132,8 +128,8 @@ def _options(user: User) -> Any:
 
 class _Defaults:
     payload_mix = DEFAULT_MIX
-    grpc_target = os.environ.get("MMSENT_GRPC_TARGET", "127.0.0.1:7070")
-    model_name = os.environ.get("MMSENT_MODEL", "fusion_sentiment")
+    grpc_target = os.environ.get("MMSENT_GRPC_TARGET", DEFAULT_GRPC_TARGET)
+    model_name = os.environ.get("MMSENT_MODEL", DEFAULT_MODEL_NAME)
 
 
 class RestUser(FastHttpUser):

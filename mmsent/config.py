@@ -7,7 +7,7 @@ exactly the labels, image geometry and text length the model was exported with.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +17,38 @@ FUSIONS: tuple[str, ...] = ("attention", "concat", "late")
 # Serving precision. "auto" = fp16 on CUDA (tensor cores, half the memory traffic) and fp32 on
 # CPU (this 2-core EPYC has no AVX-512 BF16/AMX: bf16 matmuls run several times slower than fp32).
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
+
+# -- file names inside an exported model folder / archive -----------------------------------------
 CONFIG_FILENAME = "model_config.json"
+MODEL_FILENAME = "model.pt"
+TOKENIZER_FILES: tuple[str, ...] = (
+    "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+)  # fmt: skip
+
+# -- serving names and addresses (config.properties says the same; a test keeps them equal) -------
+DEFAULT_MODEL_NAME = "fusion_sentiment"
+DEFAULT_PORTS: dict[str, int] = {
+    "inference": 8080, "management": 8081, "metrics": 8082, "grpc_inference": 7070,
+    "grpc_management": 7071,
+}  # fmt: skip
+# A client's deadline in epoch ms: a header over REST, an input field over gRPC
+# (mmsent.serving.deadline)
+DEADLINE_HEADER = "x-request-deadline"
+# 20 MiB: a base64 phone photo fits; TorchServe's max_request_size and the gRPC clients agree
+MAX_MESSAGE_BYTES = 20 * 1024 * 1024
+
+# Resize the short side to image_size * 8/7, then centre-crop image_size (256 -> 224): the
+# torchvision recipe every supported backbone was trained with.
+RESIZE_RATIO = 8 / 7
+
+
+def resize_for(image_size: int) -> int:
+    """The resize size that goes with ``image_size`` (224 -> 256, 64 -> 73)."""
+    return round(image_size * RESIZE_RATIO)
 
 # ImageNet statistics: every supported backbone was pretrained with them.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """Per-item limits enforced before any expensive work (decode, tokenize).
-
-    They sit below TorchServe's ``max_request_size`` so a normal phone photo (a few MB) passes
-    while a decompression bomb or a 100 MB upload is refused with a clear message.
-    """
-
-    max_image_bytes: int = 16 * 1024 * 1024
-    max_image_pixels: int = 40_000_000  # ~ a 7700x5200 photo; bombs claim far more
-    max_text_chars: int = 20_000  # longer text is clipped (and reported), never an error
-    # /explanations costs one perturbed forward row per word and per region (mmsent/explain.py)
-    # and holds the worker meanwhile: these bound one request (measured worst case, 62 words +
-    # a 10x10 grid, default model, 2-core CPU: 3.1 s); beyond them the answer is a 413.
-    max_explain_words: int = 64  # every text max_text_length=64 admits (<= 62 words) fits
-    max_explain_cells: int = 100  # up to a 10x10 grid (22 px cells at 224 px)
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,6 @@ class ModelConfig:
     num_heads: int = 4
     dropout: float = 0.1
     precision: str = "auto"  # serving dtype, one of PRECISIONS; the export itself is fp32
-    limits: RequestLimits = field(default_factory=RequestLimits)
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -86,19 +94,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        data = dict(data)
+        # request limits used to live here; they are serving policy now (mmsent.serving.limits)
+        data.pop("limits", None)
+        unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        data = dict(data)
-        limits = data.pop("limits", None)
         for key in ("labels", "image_mean", "image_std"):
             if key in data:
                 data[key] = tuple(data[key])
-        if isinstance(limits, dict):
-            data["limits"] = RequestLimits(**limits)
-        elif isinstance(limits, RequestLimits):
-            data["limits"] = limits
         return cls(**data)
 
     def save(self, path: str | Path) -> Path:

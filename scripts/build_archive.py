@@ -1,105 +1,12 @@
 #!/usr/bin/env python
-"""Build model_store/<name>.mar: model (+ trained head) -> TorchScript -> torch-model-archiver.
+"""Build model_store/<name>.mar from the default (trained) model or the one the flags name.
 
-Default: the trained head in weights/default_head.pt on top of the registry encoders
-(all-MiniLM-L6-v2 + ImageNet MobileNetV2). Without a checkpoint the head is untrained and the
-answers are NOT sentiment: the script says so loudly.
+    python scripts/build_archive.py                       # default model, trained head
+    python scripts/build_archive.py --precision fp16      # serving precision in the archive
+    python scripts/build_archive.py --help                # every option
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
-import sys
-import tempfile
-import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from mmsent.archive import DEFAULT_MODEL_NAME, MODEL_CONFIG_YAML, build_archive  # noqa: E402
-from mmsent.config import FUSIONS, PRECISIONS, ModelConfig  # noqa: E402
-from mmsent.export import export_model_dir  # noqa: E402
-from mmsent.model import build_model, load_checkpoint  # noqa: E402
-
-DEFAULT_CHECKPOINT = ROOT / "weights" / "default_head.pt"
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help=f"trained checkpoint (default: {DEFAULT_CHECKPOINT.relative_to(ROOT)} "
-                        "if present)")
-    p.add_argument("--untrained", action="store_true",
-                   help="ignore any checkpoint: fresh random fusion head (for plumbing tests)")
-    p.add_argument("--text-encoder", default=None,
-                   help="'minilm' (registry), 'tiny' (random, tests) or a local HF BERT dir")
-    p.add_argument("--image-backbone", default=None,
-                   help="mobilenet_v2 | mobilenet_v3_small | mobilenet_v3_large | resnet18 | "
-                        "resnet50")
-    p.add_argument("--image-weights", default=None,
-                   help="'imagenet' (mobilenet_v2 only, registry), 'random', or a .pth path")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--fusion", choices=FUSIONS, default=None)
-    p.add_argument("--int8", action="store_true", help="dynamic int8 quantization of Linear layers")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="serving precision stored in the archive (default auto: fp16 on CUDA, "
-                        "fp32 on CPU)")
-    p.add_argument("--model-config", type=Path, default=MODEL_CONFIG_YAML,
-                   help="TorchServe per-model settings packed into the archive (batching, "
-                        "workers; handlers/model-config.gpu.yaml for GPUs)")
-    p.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
-    p.add_argument("--version", default="1.0")
-    p.add_argument("--out", type=Path, default=ROOT / "model_store")
-    p.add_argument("--export-dir", type=Path, default=None,
-                   help="keep the exported folder here (default: a temporary folder)")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> Path:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    overrides = {
-        k: v
-        for k, v in {
-            "text_encoder": args.text_encoder,
-            "image_backbone": args.image_backbone,
-            "image_weights": args.image_weights,
-            "fusion": args.fusion,
-        }.items()
-        if v is not None
-    }
-    if args.image_size:
-        overrides.update(image_size=args.image_size, resize_size=round(args.image_size * 8 / 7))
-    checkpoint = args.checkpoint
-    if checkpoint is None and not args.untrained and not overrides and DEFAULT_CHECKPOINT.exists():
-        checkpoint = DEFAULT_CHECKPOINT
-    start = time.perf_counter()
-    if checkpoint is not None and not args.untrained:
-        if overrides:
-            sys.exit("--checkpoint fixes the architecture; drop the model overrides")
-        print(f"[build] loading trained checkpoint {checkpoint}")
-        model, cfg, _ = load_checkpoint(checkpoint)
-    else:
-        cfg = ModelConfig().replace(**overrides)
-        print("[build] WARNING: no trained checkpoint: the fusion head is randomly initialised, "
-              "so answers are NOT sentiment predictions (plumbing only).")
-        model = build_model(cfg)
-    if args.precision:
-        cfg = cfg.replace(precision=args.precision)  # serving setting: no retraining needed
-    print(f"[build] text={cfg.text_encoder} image={cfg.image_backbone}({cfg.image_weights}) "
-          f"fusion={cfg.fusion} int8={args.int8} precision={cfg.precision}")
-    with tempfile.TemporaryDirectory() as tmp:
-        export_dir = args.export_dir or Path(tmp) / "export"
-        export_model_dir(model, cfg, export_dir, int8=args.int8)
-        size_mb = (export_dir / "model.pt").stat().st_size / 1e6
-        mar = build_archive(export_dir, args.out, args.model_name, args.version,
-                            model_config_yaml=args.model_config)
-    print(f"[build] TorchScript {size_mb:.1f} MB -> {mar} ({mar.stat().st_size / 1e6:.1f} MB) "
-          f"in {time.perf_counter() - start:.1f}s; sha256 in {mar.name}.sha256")
-    return mar
-
+from mmsent.packaging.build import main
 
 if __name__ == "__main__":
     main()

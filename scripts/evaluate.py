@@ -3,12 +3,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmsent.evaluate import main  # noqa: E402
+from mmsent.evaluation.evaluate import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Generate TorchServe's gRPC Python stubs into the (gitignored) package ``mmsent/grpc_stubs``.
+"""Generate TorchServe's gRPC Python stubs into the gitignored ``mmsent/clients/grpc_stubs``.
 
 Why generate instead of committing: the ``.proto`` files must match the *installed* TorchServe
 exactly, and they ship inside its frontend jar. Reading them from there means an upgrade of the
 pinned ``torchserve`` can never leave stale hand-copied stubs behind. Called by
-``scripts/setup_env.sh`` and, lazily, by :mod:`mmsent.grpc_client` on first import.
+``scripts/setup_env.sh`` and, lazily, by :mod:`mmsent.clients.grpc` on first import.
 
 Usage: ``python scripts/gen_grpc_stubs.py [--out DIR] [--force]``
 """
@@ -12,13 +12,11 @@ Usage: ``python scripts/gen_grpc_stubs.py [--out DIR] [--force]``
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from mmsent.clients.grpc_codegen import DEFAULT_OUT, generate_stubs
 
-from mmsent.grpc_codegen import DEFAULT_OUT, generate_stubs  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> Path:

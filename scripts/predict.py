@@ -1,64 +1,14 @@
 #!/usr/bin/env python
 """Send one request to a running TorchServe over REST and print the JSON answer.
 
-  python scripts/predict.py --text "what a day" --image examples/party.png
-  python scripts/predict.py --image photo.jpg --multipart
+    python scripts/predict.py --text "what a day" --image examples/party_popper.png [--multipart]
+
+The logic lives in :mod:`mmsent.clients.rest`.
 """
 
-from __future__ import annotations
-
-import argparse
-import base64
-import json
 import sys
-from pathlib import Path
 
-import requests
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mmsent.torchserve_launcher import bearer  # noqa: E402
-
-
-def predict(url: str, text: str | None, image: Path | None, multipart: bool = False,
-            timeout: float = 60.0, headers: dict[str, str] | None = None) -> requests.Response:
-    """JSON body with a base64 image (default) or multipart form with an image file."""
-    data = image.read_bytes() if image else None
-    headers = headers or {}
-    if multipart:
-        files = {}
-        if text is not None:
-            files["text"] = (None, text)
-        if data is not None:
-            files["image"] = (image.name, data, "application/octet-stream")
-        return requests.post(url, files=files, timeout=timeout, headers=headers)
-    body = {}
-    if text is not None:
-        body["text"] = text
-    if data is not None:
-        body["image"] = base64.b64encode(data).decode()
-    return requests.post(url, json=body, timeout=timeout, headers=headers)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--text")
-    p.add_argument("--image", type=Path)
-    p.add_argument("--multipart", action="store_true", help="send multipart/form-data")
-    p.add_argument("--url", default="http://127.0.0.1:8080/predictions/fusion_sentiment")
-    p.add_argument("--key-file", type=Path, default=Path("key_file.json"),
-                   help="TorchServe's key file, used when token authorization is on "
-                        "(config.production.properties); ignored if absent")
-    args = p.parse_args(argv)
-    if args.text is None and args.image is None:
-        p.error("give --text, --image or both")
-    resp = predict(args.url, args.text, args.image, args.multipart,
-                   headers=bearer(args.key_file, "inference"))
-    try:
-        print(json.dumps(resp.json(), indent=2, ensure_ascii=False))
-    except ValueError:
-        print(resp.text)
-    return 0 if resp.ok else 1
-
+from mmsent.clients.rest import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,7 @@ bash scripts/setup_env.sh
 . .venv/bin/activate
 
 mar=model_store/fusion_sentiment.mar
-if [ ! -f "$mar" ] || [ weights/default_head.pt -nt "$mar" ] || [ mmsent/pipeline.py -nt "$mar" ]; then
+if [ ! -f "$mar" ] || [ weights/default_head.pt -nt "$mar" ] || [ mmsent/serving/pipeline.py -nt "$mar" ]; then
   python scripts/build_archive.py
 fi
 python scripts/serve.py start

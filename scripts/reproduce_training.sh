@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 DATA=data/emoji_tweets
 M=$DATA/manifest.jsonl
-python scripts/build_dataset.py benchmark --out "$DATA" --seed 0
+python scripts/build_dataset.py emoji-tweets --out "$DATA" --seed 0
 # default model (attention); its best head is also written to weights/default_head.pt
 python scripts/train.py --manifest "$M" --fusion attention --out-dir results/attention \
   --save-to weights/default_head.pt

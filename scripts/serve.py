@@ -1,82 +1,14 @@
 #!/usr/bin/env python
 """Start (or stop) TorchServe exactly as the README shows, and wait until the model is ready.
 
-  python scripts/serve.py start   # verify the archive's sha256, start, wait for a READY worker
-  python scripts/serve.py stop
+    python scripts/serve.py start   # or: stop
 
-It runs `torchserve --start --ncs --model-store model_store --models NAME=NAME.mar
---ts-config config.properties`, which leaves the server running in the background (logs in
-./logs). Stop it with `torchserve --stop`.
+The logic lives in :mod:`mmsent.harness.serve` (``--help`` lists every option).
 """
 
-from __future__ import annotations
-
-import argparse
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-import requests
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from mmsent.archive import DEFAULT_MODEL_NAME, verify_sha256  # noqa: E402
-from mmsent.torchserve_launcher import KEY_FILE, bearer  # noqa: E402
-
-BIN = Path(sys.executable).parent
-
-
-def wait_ready(management: str, model: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            # under token authorization (config.production.properties) TorchServe writes the
-            # keys into its working directory, which is the repo root here
-            headers = bearer(ROOT / KEY_FILE, "management")
-            resp = requests.get(f"{management}/models/{model}", headers=headers, timeout=2)
-            if resp.ok and any(w["status"] == "READY" for w in resp.json()[0]["workers"]):
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"model {model} not ready after {timeout:.0f}s: see logs/model_log.log")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("action", choices=["start", "stop"])
-    p.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
-    p.add_argument("--config", default="config.properties")
-    p.add_argument("--management", default="http://127.0.0.1:8081")
-    p.add_argument("--timeout", type=float, default=240)
-    args = p.parse_args(argv)
-    if args.action == "stop":
-        return subprocess.call([str(BIN / "torchserve"), "--stop"], cwd=ROOT)
-    mar = ROOT / "model_store" / f"{args.model_name}.mar"
-    verify_sha256(mar)
-    print(f"[serve] {mar.name} sha256 verified")
-    try:
-        requests.get(f"{args.management}/models", timeout=2)
-        raise SystemExit(f"something already listens on {args.management}: stop it first "
-                         "(torchserve --stop)")
-    except requests.ConnectionError:
-        pass
-    cmd = [str(BIN / "torchserve"), "--start", "--ncs", "--model-store", "model_store",
-           "--models", f"{args.model_name}={mar.name}", "--ts-config", args.config]
-    print("[serve] " + " ".join(["torchserve", *cmd[1:]]))
-    (ROOT / "logs").mkdir(exist_ok=True)
-    # The Java server outlives this script: give it its own session and a log file, never our
-    # stdout/stderr (a pipe reading them would otherwise wait for the server to exit).
-    with open(ROOT / "logs" / "console.log", "ab") as console:
-        subprocess.run(cmd, cwd=ROOT, check=True, stdin=subprocess.DEVNULL, stdout=console,
-                       stderr=subprocess.STDOUT, start_new_session=True)
-    start = time.monotonic()
-    wait_ready(args.management, args.model_name, args.timeout)
-    print(f"[serve] {args.model_name} ready in {time.monotonic() - start:.1f}s")
-    return 0
-
+from mmsent.harness.serve import main
 
 if __name__ == "__main__":
     sys.exit(main())

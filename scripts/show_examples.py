@@ -12,10 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from mmsent.clients.rest import DEFAULT_URL, predict
 
-from predict import predict  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 EXAMPLES: list[tuple[str | None, str | None, str]] = [
     ("Best concert ever, I loved every minute", None, "text only"),
@@ -34,7 +33,7 @@ EXAMPLES: list[tuple[str | None, str | None, str]] = [
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--url", default="http://127.0.0.1:8080/predictions/fusion_sentiment")
+    p.add_argument("--url", default=DEFAULT_URL)
     args = p.parse_args(argv)
     print("| text | image | kind | label | p(neg / neu / pos) | text / image contribution |")
     print("|---|---|---|---|---|---|")

@@ -7,5 +7,7 @@ bash scripts/setup_env.sh
 . .venv/bin/activate
 echo "[test] ruff"
 ruff check .
+echo "[test] import layers (lint-imports)"
+lint-imports
 echo "[test] pytest"
 python -m pytest -q -p no:cacheprovider "$@"

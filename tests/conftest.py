@@ -19,20 +19,22 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image, ImageDraw
 
-from mmsent.config import ModelConfig
-from mmsent.data.benchmark import BenchmarkSpec, build_benchmark
+from mmsent.config import DEFAULT_MODEL_NAME, ModelConfig, resize_for
+from mmsent.data.emoji_tweets import DatasetSpec, build_emoji_tweets
 from mmsent.data.render import PngDirGlyphs
 from mmsent.data.sources import label_emoji, load_emoji_sentiment
-from mmsent.torchserve_launcher import TorchServe
+from mmsent.harness.torchserve import TorchServe
+from mmsent.packaging.archive import MODEL_CONFIG_YAML
+from mmsent.packaging.build import TINY_MODEL_ARGS
 
 # -- serving fixtures ---------------------------------------------------------------------------
-MODEL_NAME = "fusion_sentiment"
-TINY_ARGS = [
-    "--untrained", "--text-encoder", "tiny", "--image-backbone", "mobilenet_v3_small",
-    "--image-weights", "random", "--image-size", "64",
-]  # fmt: skip
+MODEL_NAME = DEFAULT_MODEL_NAME
+# the batching the archive ships (handlers/model-config.yaml): tests read it, never restate it
+SERVED_BATCHING: dict = yaml.safe_load(MODEL_CONFIG_YAML.read_text())
+TINY_ARGS = list(TINY_MODEL_ARGS)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -41,7 +43,7 @@ def tiny_config(**changes: object) -> ModelConfig:
     """The tiny test model's config (the same one TINY_ARGS builds), with ``changes``."""
     return ModelConfig(
         text_encoder="tiny", image_backbone="mobilenet_v3_small", image_weights="random",
-        image_size=64, resize_size=73, **changes,
+        image_size=64, resize_size=resize_for(64), **changes,
     )
 
 
@@ -59,10 +61,7 @@ def b64(data: bytes) -> str:
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(model_store, export_dir) of a tiny archive named ``fusion_sentiment``."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    from build_archive import main as build_main
+    from mmsent.packaging.build import main as build_main
 
     root = tmp_path_factory.mktemp("tiny_build")
     torch.manual_seed(0)
@@ -127,7 +126,7 @@ def make_glyph_dir(folder: Path, per_label: int = 8, outline: bool = False) -> d
     return chosen
 
 
-TINY_SPEC = BenchmarkSpec(
+TINY_SPEC = DatasetSpec(
     seed=3,
     examples={"train": 240, "val": 60, "test": 60, "test_emojify": 30},
     images={"train": 48, "val": 15, "test": 15, "test_emojify": 12},
@@ -135,17 +134,17 @@ TINY_SPEC = BenchmarkSpec(
 )
 
 
-def build_tiny(out: Path, root: Path, spec: BenchmarkSpec = TINY_SPEC) -> dict:
+def build_tiny(out: Path, root: Path, spec: DatasetSpec = TINY_SPEC) -> dict:
     make_glyph_dir(root / "glyphs_a")
     make_glyph_dir(root / "glyphs_b", outline=True)
-    return build_benchmark(
+    return build_emoji_tweets(
         out, spec, PngDirGlyphs(root / "glyphs_a", name="flat"),
         held_out_style=PngDirGlyphs(root / "glyphs_b", name="outline"),
     )
 
 
 @pytest.fixture(scope="session")
-def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Manifest path of a tiny benchmark, built once per test session."""
     root = tmp_path_factory.mktemp("bench")
     build_tiny(root / "data", root)

@@ -1,4 +1,4 @@
-"""Datasets: the manifest format, the real-parts image-text benchmark, and the MVSA loaders."""
+"""Datasets: the manifest format, the real-parts "tweets + emoji" dataset, and the MVSA loaders."""
 
 from mmsent.data.labels import PAIR_TYPES, fuse_labels, pair_type
 from mmsent.data.manifest import Example, read_manifest, write_manifest

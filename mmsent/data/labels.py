@@ -1,6 +1,6 @@
 """The label rule that turns a (text label, image label) pair into one example label.
 
-It is shared by the synthetic benchmark, the MVSA merge and modality dropout, so the three can
+It is shared by the "tweets + emoji" dataset, the MVSA merge and modality dropout, so the three can
 never disagree about what a pair means.
 
 Rule (documented in docs/TRAINING.md):
@@ -9,7 +9,7 @@ Rule (documented in docs/TRAINING.md):
 * one modality is neutral -> the polar one decides (a neutral caption under an angry emoji is
   angry; a neutral emoji under a glowing review is glowing);
 * positive vs negative (the sarcasm / irony case) -> depends on ``conflict``: ``"image"`` (the
-  benchmark default: the emoji is the tone marker, as in "great, another delay 😡"), ``"text"``,
+  dataset default: the emoji is the tone marker, as in "great, another delay 😡"), ``"text"``,
   or ``"drop"`` (return None; the MVSA convention, where such pairs are discarded).
 """
 

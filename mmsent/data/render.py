@@ -3,7 +3,7 @@
 Two visual styles, so generalisation to an unseen style can be measured:
 
 * :class:`NotoGlyphs`: Google's Noto Color Emoji font (Debian ``fonts-noto-color-emoji``,
-  SIL OFL 1.1), drawn by Pillow. The benchmark's train/val/test images.
+  SIL OFL 1.1), drawn by Pillow. The dataset's train/val/test images.
 * :class:`PngDirGlyphs`: a folder of emoji PNGs; used for Debian ``libjs-emojify`` (881 64x64
   images, named by GitHub shortcode; their artwork's provenance is unclear, so they are used only
   as a held-out style check, never for training). Tests use it with generated PNGs.

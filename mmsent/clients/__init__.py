@@ -1,0 +1,1 @@
+"""mmsent.clients."""

@@ -1,0 +1,199 @@
+"""Evaluate trained heads side by side and write JSON + Markdown + PNG reports.
+
+Every model is scored on the same examples, overall and broken down by modality combination
+(text only / image only / both) and by agreement of the two modalities (congruent / one neutral /
+incongruent), because the overall number hides exactly what fusion is for: an ironic pair is
+only solved by a model that actually combines the modalities.
+
+Baselines: chance (majority class of the training split, and the expected score of uniform
+random guessing) and single-modality heads (trained with ``--modalities text`` or ``image``),
+which see only their modality on every example.
+
+The report itself is written by :mod:`mmsent.evaluation.report`; export agreement
+(:mod:`mmsent.evaluation.export_agreement`) becomes one of its sections.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmsent.config import ModelConfig
+from mmsent.data.labels import pair_type
+from mmsent.data.manifest import Example, read_manifest
+from mmsent.evaluation.export_agreement import export_agreement
+from mmsent.evaluation.groups import GROUPS
+from mmsent.evaluation.metrics import classification_metrics
+from mmsent.evaluation.report import write_report
+from mmsent.modeling.checkpoint import load_checkpoint
+from mmsent.training.features import load_data, predict
+
+
+def example_group(example: Example) -> list[str]:
+    """The breakdown groups an example belongs to (always includes "all")."""
+    groups = ["all"]
+    if example.has_text and example.has_image:
+        groups.append("both")
+        if example.text_label and example.image_label:
+            groups.append(pair_type(example.text_label, example.image_label))
+    else:
+        groups.append("text_only" if example.has_text else "image_only")
+    return groups
+
+
+def grouped_metrics(
+    examples: Sequence[Example], y_pred: Sequence[int], labels: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Metrics per group of :data:`GROUPS` (groups without examples are left out)."""
+    y_true = [labels.index(e.label) for e in examples]
+    members: dict[str, list[int]] = {g: [] for g in GROUPS}
+    for i, example in enumerate(examples):
+        for g in example_group(example):
+            members[g].append(i)
+    return {
+        g: classification_metrics([y_true[i] for i in rows], [y_pred[i] for i in rows], labels)
+        for g, rows in members.items() if rows
+    }
+
+
+def chance_baselines(
+    train: Sequence[Example], test: Sequence[Example], labels: Sequence[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Majority class of the training split, and the *expected* score of uniform guessing.
+
+    For uniform guessing each class has recall 1/K and precision equal to its share of the
+    evaluated group, so the expected F1 is computed in closed form (no random seed involved).
+    """
+    counts = [sum(e.label == label for e in train) for label in labels]
+    majority = counts.index(max(counts))
+    out: dict[str, dict[str, dict[str, Any]]] = {
+        "majority class": grouped_metrics(test, [majority] * len(test), labels)
+    }
+    uniform: dict[str, dict[str, Any]] = {}
+    k = len(labels)
+    for g, metrics in out["majority class"].items():
+        support = [metrics["per_class"][label]["support"] for label in labels]
+        n = sum(support)
+        f1s = [2 * (s / n) * (1 / k) / (s / n + 1 / k) for s in support if s]
+        uniform[g] = {"n": n, "accuracy": 1 / k, "macro_f1": sum(f1s) / len(f1s),
+                      "per_class": {}, "confusion": []}
+    out["uniform random"] = uniform
+    return out
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    path: str
+    role: str = "fusion"  # "fusion" or "baseline"
+
+
+def _config_summary(cfg: ModelConfig) -> dict[str, Any]:
+    keys = ("fusion", "text_encoder", "image_backbone", "image_weights", "image_size",
+            "max_text_length", "fusion_dim")
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def evaluate_models(
+    manifest: str | Path, models: Sequence[ModelSpec], splits: Sequence[str],
+    cache_dir: str | Path | None = None, train_split: str = "train", num_threads: int = 2,
+) -> dict[str, Any]:
+    """Score every model on every split; returns the full result tree (JSON-serialisable)."""
+
+    torch.set_num_threads(num_threads)
+    manifest = Path(manifest)
+    cache = Path(cache_dir) if cache_dir else manifest.parent / "cache"
+    results: dict[str, Any] = {"manifest": str(manifest), "splits": {}, "models": {}}
+    examples = {s: read_manifest(manifest, split=s) for s in splits}
+    train_examples = read_manifest(manifest, split=train_split)
+    labels: tuple[str, ...] | None = None
+    for spec in models:
+        started = time.time()
+        model, cfg, extra = load_checkpoint(spec.path)
+        labels = cfg.labels
+        modalities = extra.get("modalities", "both")
+        data = load_data(manifest, list(splits), model, cfg, cache, modalities)
+        entry: dict[str, Any] = {
+            "path": spec.path, "role": spec.role, "fusion": cfg.fusion, "modalities": modalities,
+            "config": _config_summary(cfg), "val_at_save": extra.get("val"),
+            "epoch": extra.get("epoch"), "splits": {},
+        }
+        for split in splits:
+            probs, parts = predict(model, data[split])
+            pred = probs.argmax(-1).tolist()
+            metrics = grouped_metrics(examples[split], pred, cfg.labels)
+            both = [i for i, e in enumerate(examples[split]) if e.has_text and e.has_image]
+            metrics["all"]["text_contribution_on_pairs"] = (
+                parts[both, 0].mean().item() if both else None
+            )
+            entry["splits"][split] = metrics
+        entry["eval_s"] = time.time() - started
+        results["models"][spec.name] = entry
+    assert labels is not None, "no models given"
+    results["labels"] = list(labels)
+    for split in splits:
+        results["splits"][split] = {
+            "n": len(examples[split]),
+            "chance": chance_baselines(train_examples, examples[split], labels),
+        }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import shlex
+    import shutil
+    import sys
+
+    parser = argparse.ArgumentParser(description="Evaluate fusion heads side by side.")
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
+                        help="a fusion model to compare (repeatable)")
+    parser.add_argument("--baseline", action="append", default=[], metavar="NAME=CHECKPOINT",
+                        help="a single-modality baseline head (repeatable)")
+    parser.add_argument("--splits", nargs="+", default=["test"])
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--out", default="results/eval")
+    parser.add_argument("--export-agreement", type=int, default=0, metavar="N",
+                        help="also run the first --model as eager / TorchScript / int8 TorchScript "
+                             "through the serving pipeline on N raw examples of the first split")
+    parser.add_argument("--docs", default=None,
+                        help="also copy report.md and the test-split PNGs here (e.g. docs/eval)")
+    args = parser.parse_args(argv)
+
+    def parse(items: list[str], role: str) -> list[ModelSpec]:
+        specs = []
+        for item in items:
+            name, _, path = item.partition("=")
+            if not path:
+                parser.error(f"expected NAME=CHECKPOINT, got {item!r}")
+            specs.append(ModelSpec(name, path, role))
+        return specs
+
+    specs = parse(args.model, "fusion") + parse(args.baseline, "baseline")
+    if not specs:
+        parser.error("give at least one --model or --baseline")
+    started = time.time()
+    results = evaluate_models(args.manifest, specs, args.splits, args.cache_dir, args.train_split)
+    command = "python scripts/evaluate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    agreement = None
+    if args.export_agreement and args.model:
+        agreement = export_agreement(args.manifest, specs[0].path, args.splits[0],
+                                     args.export_agreement)
+    paths = write_report(results, args.out, command, agreement)
+    if args.docs:
+        docs = Path(args.docs)
+        docs.mkdir(parents=True, exist_ok=True)
+        shutil.copy(paths["markdown"], docs / "report.md")
+        for key in (f"confusion_{args.splits[0]}", f"groups_{args.splits[0]}"):
+            if key in paths:
+                shutil.copy(paths[key], docs / paths[key].name)
+    print(paths["markdown"].read_text())
+    print(f"evaluated {len(specs)} models in {time.time() - started:.0f} s -> {args.out}")
+    return 0

@@ -1,0 +1,59 @@
+"""Scores shared by training (model selection), evaluation and export checks: one of each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+
+def classification_metrics(
+    y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    ``confusion[i][j]`` counts examples of true class i predicted as class j.
+    """
+    k = len(labels)
+    confusion = [[0] * k for _ in range(k)]
+    for t, p in zip(y_true, y_pred, strict=True):
+        confusion[t][p] += 1
+    n = len(y_true)
+    per_class = {}
+    for i, label in enumerate(labels):
+        tp = confusion[i][i]
+        predicted = sum(confusion[r][i] for r in range(k))
+        support = sum(confusion[i])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    present = [c for c in per_class.values() if c["support"] > 0] or list(per_class.values())
+    return {
+        "n": n,
+        "accuracy": sum(confusion[i][i] for i in range(k)) / n if n else 0.0,
+        "macro_f1": sum(c["f1"] for c in present) / len(present),
+        "per_class": per_class,
+        "confusion": confusion,
+    }
+
+
+def macro_f1(
+    y_true: Tensor | Sequence[int], y_pred: Tensor | Sequence[int], num_labels: int
+) -> float:
+    """Macro-F1 over the classes present in ``y_true`` (training's model selection uses it)."""
+    labels = [str(k) for k in range(num_labels)]
+    return classification_metrics(_ints(y_true), _ints(y_pred), labels)["macro_f1"]
+
+
+def _ints(values: Tensor | Sequence[int]) -> list[int]:
+    return values.tolist() if isinstance(values, Tensor) else [int(v) for v in values]
+
+
+def prediction_agreement(reference: Tensor, other: Tensor) -> dict[str, float]:
+    """Top-1 agreement and largest probability difference between two (N, K) prob tables."""
+    return {
+        "top1_agreement": (reference.argmax(-1) == other.argmax(-1)).float().mean().item(),
+        "max_abs_prob_diff": (reference - other).abs().max().item(),
+    }

@@ -1,0 +1,43 @@
+"""Per-request limits: serving policy, not part of the model.
+
+They live in the archive's ``model-config.yaml`` under ``handler: limits:`` (TorchServe hands
+that section to the handler as ``context.model_yaml_config``), so an operator changes a limit by
+editing that file or re-archiving, never by re-exporting the model. Absent keys keep these
+defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Limits enforced per item before any expensive work (decode, tokenize).
+
+    They sit below TorchServe's ``max_request_size`` so a normal phone photo (a few MB) passes
+    while a decompression bomb or a 100 MB upload is refused with a clear message.
+    """
+
+    max_image_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 40_000_000  # ~ a 7700x5200 photo; bombs claim far more
+    max_text_chars: int = 20_000  # longer text is clipped (and reported), never an error
+    # /explanations costs one perturbed forward row per word and per region (serving/explain.py)
+    # and holds the worker meanwhile: these bound one request (measured worst case, 62 words +
+    # a 10x10 grid, default model, 2-core CPU: 3.1 s); beyond them the answer is a 413.
+    max_explain_words: int = 64  # every text max_text_length=64 admits (<= 62 words) fits
+    max_explain_cells: int = 100  # up to a 10x10 grid (22 px cells at 224 px)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> RequestLimits:
+        """Limits from a ``handler: limits:`` mapping; unknown keys are a configuration error."""
+        values = dict(values or {})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown request limits: {sorted(unknown)}")
+        return cls(**{k: int(v) for k, v in values.items()})
+
+
+DEFAULT_LIMITS = RequestLimits()
