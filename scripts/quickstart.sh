@@ -8,7 +8,8 @@ bash scripts/setup_env.sh
 . .venv/bin/activate
 
 mar=model_store/fusion_sentiment.mar
-if [ ! -f "$mar" ] || [ weights/default_head.pt -nt "$mar" ] || [ mmsent/serving/pipeline.py -nt "$mar" ]; then
+# rebuild when anything that goes into the archive changed since it was built
+if [ ! -f "$mar" ] || [ -n "$(find weights mmsent handlers -newer "$mar" -type f -print -quit)" ]; then
   python scripts/build_archive.py
 fi
 python scripts/serve.py start
