@@ -8,9 +8,11 @@ The archive is self-contained for serving: TorchScript file, handler, tokenizer 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from mmsent.config import DEFAULT_MODEL_NAME, MODEL_FILENAME
@@ -80,10 +82,14 @@ def build_archive(
         "--export-path", str(out_dir),
         "--force",
     ]  # fmt: skip
+    # torch-model-archiver stages files in $TMPDIR/<model_name>: two builds of the same model
+    # name at once (a test run beside a build) would mix their files. A private TMPDIR each.
+    private_tmp = tempfile.mkdtemp(prefix="archiver-")
     try:
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env={**os.environ, "TMPDIR": private_tmp})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(private_tmp, ignore_errors=True)
     mar = out_dir / f"{model_name}.mar"
     mar.with_name(mar.name + ".sha256").write_text(f"{sha256_of(mar)}  {mar.name}\n")
     return mar
