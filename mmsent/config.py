@@ -17,10 +17,14 @@ FUSIONS: tuple[str, ...] = ("attention", "concat", "late")
 # Serving precision. "auto" = fp16 on CUDA (tensor cores, half the memory traffic) and fp32 on
 # CPU (this 2-core EPYC has no AVX-512 BF16/AMX: bf16 matmuls run several times slower than fp32).
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
+# Which runtime loads the archive's model file (``ModelConfig.runtime`` -> ``MODEL_FILES``).
+RUNTIMES: tuple[str, ...] = ("torchscript", "onnx")
 
 # -- file names inside an exported model folder / archive -----------------------------------------
 CONFIG_FILENAME = "model_config.json"
 MODEL_FILENAME = "model.pt"
+ONNX_MODEL_FILENAME = "model.onnx"
+MODEL_FILES: dict[str, str] = {"torchscript": MODEL_FILENAME, "onnx": ONNX_MODEL_FILENAME}
 TOKENIZER_FILES: tuple[str, ...] = (
     "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
 )  # fmt: skip
@@ -69,12 +73,15 @@ class ModelConfig:
     num_heads: int = 4
     dropout: float = 0.1
     precision: str = "auto"  # serving dtype, one of PRECISIONS; the export itself is fp32
+    runtime: str = "torchscript"  # one of RUNTIMES: which file the archive holds, who loads it
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.fusion_dim % self.num_heads:
             raise ValueError("fusion_dim must be divisible by num_heads")
         if self.resize_size < self.image_size:
@@ -83,6 +90,11 @@ class ModelConfig:
     @property
     def num_labels(self) -> int:
         return len(self.labels)
+
+    @property
+    def model_filename(self) -> str:
+        """The model file this config's runtime loads (model.pt or model.onnx)."""
+        return MODEL_FILES[self.runtime]
 
     def replace(self, **changes: Any) -> ModelConfig:
         data = asdict(self)

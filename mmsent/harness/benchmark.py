@@ -12,6 +12,8 @@ costs the same as a trained one) and the load test's payloads (mmsent/harness/wo
    TorchServe model metrics) vs end-to-end latency;
 5. eager vs TorchScript vs dynamic-int8 TorchScript, and the logit change int8 introduces.
 
+``--runtimes eager torchscript onnx onnx-int8`` instead compares runtimes (``runtime_sweep``).
+
 Writes ``results/benchmark-<timestamp>/``: benchmark.json, benchmark.md, benchmark.png.
 ``--quick`` is a ~2 min smoke run. Before a full run it waits (up to --wait-quiet minutes) for the
 1-min load average to drop below --max-load, since other jobs on a shared 2-core box would skew
@@ -99,6 +101,22 @@ def model_call(model: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[], Any
         return out
 
     return run
+
+
+def measure_in_process(
+    pipeline: SentimentPipeline, bodies: list[bytes], batch: int, seconds: float
+) -> dict[str, float]:
+    """One batch size in process: the model alone on prepared inputs, the whole pipeline, and
+    the share of the pipeline's time spent preprocessing (median times)."""
+    reqs = [{"body": bodies[i % len(bodies)]} for i in range(batch)]
+    inputs = pipeline.model_inputs(pipeline.preprocess(reqs))
+    model = time_call(model_call(pipeline.model, inputs), seconds)
+    full = time_call(partial(pipeline.predict, reqs), seconds)
+    pre = time_call(partial(pipeline.preprocess, reqs), seconds)
+    return {"model_ms": round(model["median_s"] * 1000, 2),
+            "model_only_items_s": round(batch / model["median_s"], 1),
+            "pipeline_items_s": round(batch / full["median_s"], 1),
+            "preprocess_share": round(pre["median_s"] / full["median_s"], 3)}  # fmt: skip
 
 
 # -- served -----------------------------------------------------------------------------------
@@ -261,14 +279,7 @@ def device_sweep(args: argparse.Namespace) -> dict[str, Any]:
             pipeline = SentimentPipeline.from_dir(export_dir, device)
             rows: dict[int, dict[str, Any]] = {}
             for b in batch_sizes:
-                reqs = [{"body": bodies[i % len(bodies)]} for i in range(b)]
-                inputs = pipeline.model_inputs(pipeline.preprocess(reqs))
-                m = time_call(model_call(pipeline.model, inputs), inproc_s)
-                full = time_call(partial(pipeline.predict, reqs), inproc_s)
-                pre = time_call(partial(pipeline.preprocess, reqs), inproc_s)
-                rows[b] = {"model_only_items_s": round(b / m["median_s"], 1),
-                           "pipeline_items_s": round(b / full["median_s"], 1),
-                           "preprocess_share": round(pre["median_s"] / full["median_s"], 3)}
+                rows[b] = measure_in_process(pipeline, bodies, b, inproc_s)
                 print(f"[bench] {device} {precision} b={b}: {rows[b]}", flush=True)
             del pipeline
             for b in served_sizes:
@@ -292,6 +303,82 @@ def device_sweep(args: argparse.Namespace) -> dict[str, Any]:
     print(device_markdown(result))
     print(f"[bench] -> {out}")
     return result
+
+
+RUNTIMES = ("eager", "torchscript", "onnx", "onnx-int8")
+
+
+def runtime_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Per runtime and batch size, in ONE run on this CPU: model-only and in-process pipeline
+    items/s (eager, TorchScript, ONNX Runtime fp32 and dynamic int8), plus served req/s at
+    batch 1 and 8 for the archived runtimes (not with --quick)."""
+    from mmsent.config import ONNX_MODEL_FILENAME
+    from mmsent.modeling.encoders import build_tokenizer
+    from mmsent.modeling.onnx_export import export_onnx_dir, quantize_dynamic_int8
+
+    batch_sizes = args.batch_sizes or ([1, 8] if args.quick else [1, 2, 4, 8, 16])
+    inproc_s, served_s = (1.0, 6.0) if args.quick else (3.0, args.served_seconds or 15.0)
+    out = results_dir("benchmark-runtimes", args.out)
+    result: dict[str, Any] = {"machine": machine_info(), "payload": args.payload,
+                              "load_start": wait_until_quiet(args.max_load, args.wait_quiet or 0),
+                              "runtimes": {}}  # fmt: skip
+    result["machine"]["torch_threads"] = torch.get_num_threads()
+    bodies = [p.json_body for p in make_payloads()[args.payload]]
+    work = Path(tempfile.mkdtemp(prefix="bench-rt-"))
+    try:
+        torch.manual_seed(0)
+        cfg = ModelConfig()
+        eager = build_model(cfg).eval()
+        dirs = {"torchscript": export_model_dir(eager, cfg, work / "ts"),
+                "onnx": export_onnx_dir(eager, cfg, work / "onnx")}  # fmt: skip
+        if "onnx-int8" in args.runtimes:
+            dirs["onnx-int8"] = Path(shutil.copytree(work / "onnx", work / "onnx-int8"))
+            quantize_dynamic_int8(work / "onnx" / ONNX_MODEL_FILENAME,
+                                  dirs["onnx-int8"] / ONNX_MODEL_FILENAME)  # fmt: skip
+        for runtime in args.runtimes:
+            pipeline = (SentimentPipeline(eager, build_tokenizer(cfg.text_encoder), cfg)
+                        if runtime == "eager" else SentimentPipeline.from_dir(dirs[runtime]))
+            rows: dict[int, dict[str, Any]] = {}
+            for b in batch_sizes:
+                rows[b] = measure_in_process(pipeline, bodies, b, inproc_s)
+                print(f"[bench] {runtime} b={b}: {rows[b]}", flush=True)
+            del pipeline
+            if runtime != "eager" and not args.quick:
+                for b in (1, 8):
+                    point = served_point(dirs[runtime], work, b, 30, bodies, args.concurrency,
+                                         3.0, served_s)  # fmt: skip
+                    rows.setdefault(b, {})["served_rps"] = point["throughput_rps"]
+                    rows[b]["served_p50_ms"] = point["latency_ms"]["p50"]
+                    rows[b]["served_errors"] = point["errors"]
+                    print(f"[bench] served {runtime} b={b}: {point['throughput_rps']} req/s",
+                          flush=True)  # fmt: skip
+            result["runtimes"][runtime] = rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["load_end"] = {"load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+    (out / "benchmark.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "benchmark.md").write_text(runtime_markdown(result))
+    print(runtime_markdown(result))
+    print(f"[bench] -> {out}")
+    return result
+
+
+def runtime_markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"Machine: {m['cpu_model']}, {m['logical_cores']} logical cores, torch "
+             f"{m['torch_version']} ({m['torch_threads']} threads), GPU: {m['gpu'] or 'none'}; "
+             f"load avg at start {result['load_start']['load_avg_1_5_15']}, at end "
+             f"{result['load_end']['load_avg_1_5_15']}. Payload `{result['payload']}`.", "",
+             "| runtime | batch | model ms/batch | model only items/s | in-process items/s | "
+             "served req/s (p50 ms) |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for runtime, rows in result["runtimes"].items():
+        for b, r in sorted(rows.items(), key=lambda kv: int(kv[0])):
+            served = (f"{r['served_rps']} ({r['served_p50_ms']:.0f})" if "served_rps" in r
+                      else "")  # fmt: skip
+            lines.append(f"| {runtime} | {b} | {r.get('model_ms', '')} | "
+                         f"{r.get('model_only_items_s', '')} | {r.get('pipeline_items_s', '')} | "
+                         f"{served} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def device_markdown(result: dict[str, Any]) -> str:
@@ -333,6 +420,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "in-process and served, with GPU utilisation")
     p.add_argument("--precisions", nargs="+", default=None, choices=("fp32", "fp16", "bf16"),
                    help="precisions for the device sweep (default: fp32 fp16 on cuda)")
+    p.add_argument("--runtimes", nargs="+", default=None, choices=RUNTIMES,
+                   help="runtime comparison instead of the batching report: eager, TorchScript, "
+                        "ONNX Runtime fp32 / dynamic int8, batch 1..16, one run")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--render", type=Path, default=None,
                    help="only re-render benchmark.md/.png (and the summary) from this JSON")
@@ -355,6 +445,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.render:
         return render(args.render)
+    if args.runtimes:
+        return runtime_sweep(args)
     if args.device != "cpu" or args.precisions:
         return device_sweep(args)
     if args.threads:  # the worker inherits our environment through the launcher

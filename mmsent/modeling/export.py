@@ -19,19 +19,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mmsent.config import ModelConfig
+from mmsent.config import MODEL_FILENAME, TOKENIZER_FILES, ModelConfig
 from mmsent.modeling.encoders import tokenizer_dir
 from mmsent.modeling.portable_graph import make_portable, pinned_constants
-from mmsent.serving.pipeline import MODEL_FILENAME
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = (
-    "vocab.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
 Inputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
@@ -170,10 +163,16 @@ def export_model_dir(
     diff = check_parity(model, saved, example_inputs(cfg, batch=5, seq=9, seed=1))
     if diff > 1e-3:
         raise ExportError(f"TorchScript export diverges from eager (max abs diff {diff:.2e})")
+    write_serving_files(cfg, out_dir)
+    logger.info("exported %s (parity %.2e)", out_dir / MODEL_FILENAME, diff)
+    return out_dir
+
+
+def write_serving_files(cfg: ModelConfig, out_dir: Path) -> None:
+    """What serving needs beside the model file, whatever the runtime: ``model_config.json``
+    and the tokenizer files of ``cfg.text_encoder``."""
     cfg.save(out_dir)
     src = tokenizer_dir(cfg.text_encoder)
     for name in TOKENIZER_FILES:
         if (src / name).exists():
             shutil.copy2(src / name, out_dir / name)
-    logger.info("exported %s (parity %.2e)", out_dir / MODEL_FILENAME, diff)
-    return out_dir

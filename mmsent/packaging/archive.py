@@ -1,7 +1,7 @@
 """Package an exported model folder into a TorchServe ``.mar`` with torch-model-archiver.
 
-The archive is self-contained for serving: TorchScript file, handler, tokenizer files,
-``model_config.json``, the per-model batching config and the *serving* modules of mmsent
+The archive is self-contained for serving: model file (TorchScript or ONNX), handler, tokenizer
+files, ``model_config.json``, the per-model batching config and the *serving* modules of mmsent
 (no model class code). A ``.sha256`` file is written beside it so deployments can verify it.
 """
 
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mmsent.config import DEFAULT_MODEL_NAME, MODEL_FILENAME
+from mmsent.config import DEFAULT_MODEL_NAME, ModelConfig
 
 PACKAGE = Path(__file__).resolve().parents[1]  # mmsent/
 ROOT = PACKAGE.parent  # the repository (handlers/ lives there)
@@ -69,13 +69,14 @@ def build_archive(
         shutil.copy2(PACKAGE / name, staging / "mmsent" / name)
     shutil.copytree(PACKAGE / SERVING_PACKAGE, staging / "mmsent" / SERVING_PACKAGE,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    extras = [p for p in sorted(export_dir.iterdir()) if p.name != MODEL_FILENAME] + [staging]
+    model_file = export_dir / ModelConfig.load(export_dir).model_filename  # model.pt | .onnx
+    extras = [p for p in sorted(export_dir.iterdir()) if p != model_file] + [staging]
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     cmd = [
         str(archiver) if archiver.exists() else "torch-model-archiver",
         "--model-name", model_name,
         "--version", version,
-        "--serialized-file", str(export_dir / MODEL_FILENAME),
+        "--serialized-file", str(model_file),
         "--handler", str(HANDLER),
         "--extra-files", ",".join(str(p) for p in extras),
         "--config-file", str(model_config_yaml),

@@ -14,7 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from mmsent.config import DEFAULT_MODEL_NAME, FUSIONS, PRECISIONS, ModelConfig, resize_for
+from mmsent.config import (
+    DEFAULT_MODEL_NAME,
+    FUSIONS,
+    PRECISIONS,
+    RUNTIMES,
+    ModelConfig,
+    resize_for,
+)
 from mmsent.modeling.checkpoint import load_checkpoint
 from mmsent.modeling.export import export_model_dir
 from mmsent.modeling.model import build_model
@@ -59,7 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="'imagenet' (mobilenet_v2 only, registry), 'random', or a .pth path")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--fusion", choices=FUSIONS, default=None)
-    p.add_argument("--int8", action="store_true", help="dynamic int8 quantization of Linear layers")
+    p.add_argument("--format", choices=RUNTIMES, default="torchscript",
+                   help="model file in the archive: torchscript (model.pt, default) or onnx "
+                        "(model.onnx, served by ONNX Runtime through the same handler)")
+    p.add_argument("--int8", action="store_true",
+                   help="dynamic int8 quantization of Linear layers (TorchScript only; ONNX "
+                        "int8 missed the 99 %% agreement bar, see README 'Export')")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="serving precision stored in the archive (default auto: fp16 on CUDA, "
                         "fp32 on CPU)")
@@ -106,13 +118,22 @@ def main(argv: list[str] | None = None) -> Path:
     if args.precision:
         cfg = cfg.replace(precision=args.precision)  # serving setting: no retraining needed
     print(f"[build] text={cfg.text_encoder} image={cfg.image_backbone}({cfg.image_weights}) "
-          f"fusion={cfg.fusion} int8={args.int8} precision={cfg.precision}")
+          f"fusion={cfg.fusion} int8={args.int8} precision={cfg.precision} format={args.format}")
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = args.export_dir or Path(tmp) / "export"
-        export_model_dir(model, cfg, export_dir, int8=args.int8)
-        size_mb = (export_dir / "model.pt").stat().st_size / 1e6
+        if args.format == "onnx":
+            from mmsent.modeling.onnx_export import export_onnx_dir
+
+            if args.int8:
+                sys.exit("--format onnx --int8: not shipped. ONNX Runtime dynamic int8 agrees "
+                         "with fp32 on 98.7 % of top-1 answers (< 99 %); see docs/BENCHMARKS.md")
+            export_onnx_dir(model, cfg, export_dir)
+        else:
+            export_model_dir(model, cfg, export_dir, int8=args.int8)
+        model_file = ModelConfig.load(export_dir).model_filename
+        size_mb = (export_dir / model_file).stat().st_size / 1e6
         mar = build_archive(export_dir, args.out, args.model_name, args.version,
                             model_config_yaml=args.model_config)
-    print(f"[build] TorchScript {size_mb:.1f} MB -> {mar} ({mar.stat().st_size / 1e6:.1f} MB) "
+    print(f"[build] {model_file} {size_mb:.1f} MB -> {mar} ({mar.stat().st_size / 1e6:.1f} MB) "
           f"in {time.perf_counter() - start:.1f}s; sha256 in {mar.name}.sha256")
     return mar

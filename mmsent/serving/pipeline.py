@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmsent.config import MODALITIES, MODEL_FILENAME, ModelConfig
+from mmsent.config import MODALITIES, ModelConfig
 from mmsent.errors import RequestError
 from mmsent.serving.imaging import decode_image_uint8, normalize
 from mmsent.serving.limits import DEFAULT_LIMITS, RequestLimits
@@ -122,17 +122,26 @@ class SentimentPipeline:
         precision: str | None = None,
         limits: RequestLimits = DEFAULT_LIMITS,
     ) -> SentimentPipeline:
-        """Load an exported model folder / unpacked archive: model.pt, config, tokenizer files.
+        """Load an exported model folder / unpacked archive: model file, config, tokenizer files.
 
+        The archive's ``ModelConfig.runtime`` picks the loader: TorchScript (``model.pt``) or
+        ONNX Runtime (``model.onnx``; CUDA EP on a ``cuda`` device, else CPU EP; always fp32).
         ``precision`` overrides the archive's ``ModelConfig.precision`` (default ``auto``);
         ``limits`` is serving policy (the handler reads it from model-config.yaml).
         """
         model_dir = Path(model_dir)
         cfg = ModelConfig.load(model_dir)
+        if cfg.runtime == "onnx":
+            from mmsent.serving.onnx_model import OnnxModel
+
+            # ORT takes CPU tensors and moves them to its EP itself, so the pipeline's tensors
+            # stay on the CPU; the file is fp32 (int8 weights, if quantized, are inside it)
+            model = OnnxModel(model_dir / cfg.model_filename, device)
+            return cls(model, load_tokenizer(model_dir), cfg, "cpu", torch.float32, limits)
         dtype = resolve_dtype(precision or cfg.precision, device)
         with warnings.catch_warnings():  # torch.jit's deprecation notices; the format is ours
             warnings.filterwarnings("ignore", message=r"`torch\.jit\..*` is deprecated")
-            model = torch.jit.load(str(model_dir / MODEL_FILENAME), map_location=device).eval()
+            model = torch.jit.load(str(model_dir / cfg.model_filename), map_location=device).eval()
             model = optimize_loaded(model, device, dtype)
         return cls(model, load_tokenizer(model_dir), cfg, device, dtype, limits)
 

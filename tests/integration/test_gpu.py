@@ -16,10 +16,11 @@ import requests
 import torch
 
 from conftest import MODEL_NAME, TINY_ARGS, b64, jpeg_bytes, tiny_config
+from mmsent.config import MODEL_FILENAME
 from mmsent.harness.torchserve import TorchServe
 from mmsent.modeling.export import example_inputs, export_model_dir
 from mmsent.modeling.model import build_model
-from mmsent.serving.pipeline import MODEL_FILENAME, SentimentPipeline
+from mmsent.serving.pipeline import SentimentPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_MODEL_CONFIG = ROOT / "handlers" / "model-config.gpu.yaml"

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from mmsent.config import FUSIONS, ModelConfig
+from mmsent.config import FUSIONS, MODEL_FILENAME, ModelConfig
 from mmsent.modeling.export import example_inputs, export_model_dir
 from mmsent.modeling.model import build_model
-from mmsent.serving.pipeline import MODEL_FILENAME
 
 TOL = 1e-4
 

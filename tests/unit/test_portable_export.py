@@ -19,7 +19,7 @@ import torch
 from ts.context import Context
 
 from conftest import MODEL_NAME, b64, jpeg_bytes, tiny_config
-from mmsent.config import FUSIONS, ModelConfig
+from mmsent.config import FUSIONS, MODEL_FILENAME, ModelConfig
 from mmsent.modeling.export import (
     ExportError,
     example_inputs,
@@ -30,7 +30,7 @@ from mmsent.modeling.export import (
 from mmsent.modeling.model import build_model
 from mmsent.modeling.portable_graph import make_portable, pinned_constants
 from mmsent.serving.imaging import decode_image
-from mmsent.serving.pipeline import MODEL_FILENAME, SentimentPipeline, resolve_dtype
+from mmsent.serving.pipeline import SentimentPipeline, resolve_dtype
 
 HANDLER_PATH = Path(__file__).resolve().parents[2] / "handlers" / "fusion_handler.py"
 
