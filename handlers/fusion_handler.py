@@ -87,8 +87,9 @@ class FusionSentimentHandler(BaseHandler):
         """
         start = time.perf_counter()
         self.context = context
-        admitted, items, refused = split_expired(data, context)
-        admitted, items, wanted = self._take_explain_options(context, admitted, items, refused)
+        headers = [request_headers(context, slot) for slot in range(len(data))]  # read once
+        admitted, items, refused = split_expired(data, headers)
+        admitted, items, wanted = self._take_explain_options(headers, admitted, items, refused)
         batch = self.inference(self.preprocess(items))
         by_slot = {slot: err.to_dict() for slot, err in refused.items()}
         by_slot.update(zip(admitted, self.postprocess(batch), strict=True))
@@ -99,7 +100,7 @@ class FusionSentimentHandler(BaseHandler):
             context.set_response_status(err.status, status_phrase(err.message), idx=slot)
         for slot in range(len(data)):
             context.set_response_content_type(slot, "application/json")
-            if not is_http(context, slot):
+            if not headers[slot]:  # gRPC: the frontend copies every HTTP header, gRPC has none
                 context.set_response_header(slot, STREAM_NEXT, "false")
         answers = [json.dumps(by_slot[slot]) for slot in range(len(data))]
         self._emit_metrics(context, batch, (time.perf_counter() - start) * 1000)
@@ -107,7 +108,7 @@ class FusionSentimentHandler(BaseHandler):
 
     def _take_explain_options(
         self,
-        context: Context,
+        headers: list[dict[str, str]],
         admitted: list[int],
         items: list[dict[str, Any]],
         refused: dict[int, RequestError],
@@ -124,10 +125,10 @@ class FusionSentimentHandler(BaseHandler):
         kept: list[dict[str, Any]] = []
         wanted: dict[int, ExplainOptions] = {}
         for slot, item in zip(admitted, items, strict=True):
-            headers = request_headers(context, slot)
-            if headers.get(EXPLAIN_HEADER) == "True":
+            if headers[slot].get(EXPLAIN_HEADER) == "True":
                 try:
-                    item, wanted[len(kept)] = split_options(item, self.pipeline.limits, headers)
+                    item, wanted[len(kept)] = split_options(item, self.pipeline.limits,
+                                                            headers[slot])  # fmt: skip
                 except RequestError as err:
                     refused[slot] = err
                     continue
@@ -146,8 +147,7 @@ class FusionSentimentHandler(BaseHandler):
         """Add ``explanation`` to each answered /explanations item (mmsent.serving.explain does
         the work); an item whose explanation fails gets that error instead, alone."""
         start = time.perf_counter()
-        for pos, result in explain_batch(self.pipeline, batch, batch.outputs, items,
-                                         wanted).items():  # fmt: skip
+        for pos, result in explain_batch(self.pipeline, batch, items, wanted).items():
             if isinstance(result, RequestError):
                 batch.errors[pos] = result
                 by_slot[admitted[pos]] = result.to_dict()
@@ -172,7 +172,7 @@ class FusionSentimentHandler(BaseHandler):
 
 
 def split_expired(
-    data: list[dict[str, Any]], context: Context
+    data: list[dict[str, Any]], headers: list[dict[str, str]]
 ) -> tuple[list[int], list[dict[str, Any]], dict[int, RequestError]]:
     """(slots to run, their items, refusals by slot): past-deadline or bad-deadline items are
     refused here, before any decoding, so they cost the live requests nothing."""
@@ -181,7 +181,7 @@ def split_expired(
     items: list[dict[str, Any]] = []
     refused: dict[int, RequestError] = {}
     for slot, raw in enumerate(data):
-        item, error = admit(raw, request_headers(context, slot), now_ms)
+        item, error = admit(raw, headers[slot], now_ms)
         if error is None:
             admitted.append(slot)
             items.append(item)
@@ -212,7 +212,3 @@ def request_headers(context: Context, slot: int) -> dict[str, str]:
     props = context.get_all_request_header(slot) or {}
     return {str(k).lower(): v for k, v in props.items() if isinstance(v, str)}
 
-
-def is_http(context: Context, slot: int) -> bool:
-    """True for a REST item: the frontend copies every HTTP header; gRPC items carry none."""
-    return bool(request_headers(context, slot))

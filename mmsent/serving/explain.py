@@ -335,7 +335,6 @@ def _r(value: Tensor) -> float:
 def explain_batch(
     pipeline: SentimentPipeline,
     batch: Batch,
-    outputs: tuple[Tensor, Tensor] | None,
     requests: Sequence[Mapping[str, Any]],
     wanted: Mapping[int, ExplainOptions],
 ) -> dict[int, dict[str, Any] | RequestError]:
@@ -347,9 +346,9 @@ def explain_batch(
     microseconds next to the ablation passes. The decoded image is reused from the batch.
     """
     results: dict[int, dict[str, Any] | RequestError] = {}
-    if outputs is None:
+    if batch.outputs is None:  # nothing ran (every item refused)
         return results
-    probs = outputs[0]
+    probs = batch.outputs[0]
     for slot, options in wanted.items():
         if slot in batch.errors or slot not in batch.rows:
             continue
@@ -386,9 +385,9 @@ def explain_requests(
         items.append(item)
     keep = [slot for slot in range(len(items)) if slot not in refused]
     batch = pipeline.preprocess([items[s] for s in keep])
-    outputs = pipeline.infer(batch)
-    answers = pipeline.postprocess(batch, outputs)
-    explained = explain_batch(pipeline, batch, outputs, [items[s] for s in keep],
+    pipeline.infer(batch)
+    answers = pipeline.postprocess(batch)
+    explained = explain_batch(pipeline, batch, [items[s] for s in keep],
                               {pos: wanted[s] for pos, s in enumerate(keep)})  # fmt: skip
     by_slot = {slot: err.to_dict() for slot, err in refused.items()}
     for pos, slot in enumerate(keep):
