@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 from ts.context import Context
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from mmsent.errors import RequestError
@@ -33,6 +35,22 @@ logger = logging.getLogger(__name__)
 # "I" command, without headers), so every answer to a gRPC item carries it; unary gRPC ignores it.
 # REST must NOT get it: RestJob treats it as a chunked stream and never writes the status line.
 STREAM_NEXT = "ts_stream_next"
+
+# The handler's model metrics: name -> (TorchServe metric type, unit). metrics.yaml declares
+# exactly these (a test keeps them equal), which is what makes them appear on the Prometheus
+# metrics port. Stage times are per batch and in seconds: TorchServe's Prometheus histograms use
+# the client library's default buckets (5 ms .. 10 s), which fit seconds and would put every
+# stage in one bucket if it were in ms. HandlerTime stays TorchServe's own gauge in ms.
+# RequestErrors counts refused items by HTTP status.
+HANDLER_METRICS: dict[str, tuple[str, str]] = {
+    "HandlerTime": ("gauge", "ms"),
+    "BatchSize": ("histogram", "Count"),
+    "HandlerPreprocessSeconds": ("histogram", "s"),
+    "HandlerInferenceSeconds": ("histogram", "s"),
+    "HandlerPostprocessSeconds": ("histogram", "s"),
+    "HandlerExplainSeconds": ("histogram", "s"),
+    "RequestErrors": ("counter", "Count"),
+}
 
 
 def serving_device(gpu_id: int | str | None, cuda_available: bool) -> str:
@@ -103,7 +121,7 @@ class FusionSentimentHandler(BaseHandler):
             if not headers[slot]:  # gRPC: the frontend copies every HTTP header, gRPC has none
                 context.set_response_header(slot, STREAM_NEXT, "false")
         answers = [json.dumps(by_slot[slot]) for slot in range(len(data))]
-        self._emit_metrics(context, batch, (time.perf_counter() - start) * 1000)
+        self._emit_metrics(context, batch, errors, (time.perf_counter() - start) * 1000)
         return answers
 
     def _take_explain_options(
@@ -156,17 +174,36 @@ class FusionSentimentHandler(BaseHandler):
         batch.timings_ms["explain"] = (time.perf_counter() - start) * 1000
 
     @staticmethod
-    def _emit_metrics(context: Context, batch: Batch, handler_ms: float) -> None:
-        """Batch size, stage timings and BaseHandler's own ``HandlerTime`` (the whole handle
-        call) as model metrics (model_metrics.log / metrics API)."""
+    def _emit_metrics(
+        context: Context, batch: Batch, errors: dict[int, RequestError], handler_ms: float
+    ) -> None:
+        """The handler's model metrics (``HANDLER_METRICS``), one emission per batch.
+
+        Each goes to TorchServe's metrics pipeline with its declared type, so under
+        ``metrics_mode=prometheus`` the metrics port serves a batch-size histogram (not a counter
+        that sums batch sizes), stage-time histograms and an error counter by HTTP status.
+        Dimensions are passed explicitly in metrics.yaml's order: TorchServe's own defaults
+        append to a shared list (a mutable default argument).
+        """
         metrics = getattr(context, "metrics", None)
         if metrics is None:
             return
+        model = getattr(context, "model_name", None) or "unknown"
+
+        def emit(name: str, value: float, *extra: Dimension) -> None:
+            kind, unit = HANDLER_METRICS[name]
+            dims = [Dimension("ModelName", model), Dimension("Level", "Model"), *extra]
+            metrics.add_metric(name, value, unit, None, dims, MetricTypes(kind))
+
         try:
-            metrics.add_time("HandlerTime", handler_ms, None, "ms")
-            metrics.add_metric("BatchSize", batch.size, "count")
+            emit("HandlerTime", handler_ms)
+            emit("BatchSize", batch.size)
             for stage, ms in batch.timings_ms.items():
-                metrics.add_time(f"Handler{stage.capitalize()}Time", ms, None, "ms")
+                name = f"Handler{stage.capitalize()}Seconds"
+                if name in HANDLER_METRICS:
+                    emit(name, ms / 1000)
+            for err in errors.values():
+                emit("RequestErrors", 1, Dimension("Status", str(err.status)))
         except Exception:  # metrics must never cost an answer
             logger.debug("could not emit metrics", exc_info=True)
 

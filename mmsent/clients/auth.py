@@ -8,6 +8,7 @@ With ``disable_token_authorization=false`` (config.production.properties) TorchS
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 KEY_FILE = "key_file.json"
@@ -17,9 +18,14 @@ def api_key(key_file: str | Path, kind: str) -> str | None:
     """The ``kind`` ("inference" / "management") key from TorchServe's ``key_file.json``, or
     None when there is no such file (token authorization disabled)."""
     path = Path(key_file)
-    if not path.exists():
-        return None
-    return json.loads(path.read_text()).get(kind, {}).get("key")
+    for _ in range(20):
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text()).get(kind, {}).get("key")
+        except json.JSONDecodeError:  # TorchServe is still writing it (seen at start-up)
+            time.sleep(0.1)
+    raise RuntimeError(f"{path} is not valid JSON")
 
 
 def bearer(key_file: str | Path, kind: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ costs the same as a trained one) and the load test's payloads (mmsent/harness/wo
    batchSize swept (maxBatchDelay 30 ms, plus a delay sweep at batch 8 in the full run);
 3. served / in-process per batch size, and the batching gain (batch 8 vs 1, same concurrency);
 4. the time split per batch: handler preprocess / inference / postprocess (answers' timings_ms +
-   TorchServe model metrics) vs end-to-end latency;
+   the handler's histograms scraped from TorchServe's Prometheus port) vs end-to-end latency;
 5. eager vs TorchScript vs dynamic-int8 TorchScript, and the logit change int8 introduces.
 
 ``--runtimes eager torchscript onnx onnx-int8`` instead compares runtimes (``runtime_sweep``).
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ import torch
 from mmsent.config import DEFAULT_MODEL_NAME, ModelConfig
 from mmsent.harness.loadgen import ClosedLoop
 from mmsent.harness.machine import busiest_processes, machine_info, results_dir
+from mmsent.harness.prometheus import scrape, server_window
 from mmsent.harness.stats import percentile
 from mmsent.harness.torchserve import TorchServe
 from mmsent.harness.workload import LARGE_SIZE, SMALL_SIZE, image_source, make_payloads
@@ -130,8 +130,9 @@ class ClientRun:
     inference_ms: list[float] = field(default_factory=list)
 
 
-def closed_loop(url: str, bodies: list[bytes], concurrency: int, warmup_s: float,
-                duration_s: float) -> tuple[ClientRun, float]:
+def closed_loop(
+    url: str, bodies: list[bytes], concurrency: int, warmup_s: float, duration_s: float
+) -> tuple[ClientRun, float]:
     """Drive ``url`` with :class:`ClosedLoop`; only answers completed inside the measuring
     window (after ``warmup_s``, for ``duration_s``) count. Bodies are pre-encoded so the client
     costs little CPU."""
@@ -156,32 +157,16 @@ def closed_loop(url: str, bodies: list[bytes], concurrency: int, warmup_s: float
     return run, end - start
 
 
-METRIC_RE = re.compile(r"\b(Handler\w+Time|QueueTime|WorkerThreadTime)\.Milliseconds:([\d.]+)")
-LATENCY_RE = re.compile(
-    r"\b(ts_inference_latency|ts_queue_latency)_microseconds\.Microseconds:([\d.]+)"
-)
-
-
-def handler_metrics(log_dir: Path) -> dict[str, float]:
-    """Mean of TorchServe's logged timings, in ms: the handler's own per-batch stage times
-    (worker stdout, relayed into the frontend log) and the frontend's per-request queue /
-    inference latency (ts_metrics.log). Each file is read once, so nothing is double counted."""
-    best: dict[str, list[float]] = {}
-    for path in sorted(log_dir.glob("*.log")):
-        text = path.read_text(errors="replace")
-        found: dict[str, list[float]] = {}
-        for match in METRIC_RE.finditer(text):
-            found.setdefault(match.group(1), []).append(float(match.group(2)))
-        for match in LATENCY_RE.finditer(text):
-            found.setdefault(match.group(1) + "_ms", []).append(float(match.group(2)) / 1000)
-        for name, values in found.items():  # a metric may be relayed into two logs: keep one
-            if len(values) > len(best.get(name, [])):
-                best[name] = values
-    return {k: round(statistics.fmean(v), 2) for k, v in best.items() if v}
-
-
-def served_point(export_dir: Path, work: Path, batch: int, delay: int, bodies: list[bytes],
-                 concurrency: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
+def served_point(
+    export_dir: Path,
+    work: Path,
+    batch: int,
+    delay: int,
+    bodies: list[bytes],
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+) -> dict[str, Any]:
     """Archive with this batchSize/maxBatchDelay, serve it, drive it, read its metrics."""
     yaml = work / f"model-config-b{batch}-d{delay}.yaml"
     yaml.write_text(f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {batch}\n"
@@ -191,14 +176,15 @@ def served_point(export_dir: Path, work: Path, batch: int, delay: int, bodies: l
     server = TorchServe(store, {MODEL: f"{MODEL}.mar"}, workdir=work / f"ts-b{batch}-d{delay}")
     with server:
         url = f"{server.inference_url}/predictions/{MODEL}"
+        before = scrape(server.metrics_url)
         run, elapsed = closed_loop(url, bodies, concurrency, warmup_s, duration_s)
-        metrics = handler_metrics(server.log_dir)
+        metrics = server_window(before, scrape(server.metrics_url))  # warm-up included
     shutil.rmtree(store, ignore_errors=True)
     mean_batch = statistics.fmean(run.batch_sizes) if run.batch_sizes else 0.0
     # per-batch handler stages; answers carry pre/inference, postprocess comes from the metrics
     pre = statistics.fmean(run.preprocess_ms) if run.preprocess_ms else float("nan")
     inf = statistics.fmean(run.inference_ms) if run.inference_ms else float("nan")
-    post = metrics.get("HandlerPostprocessTime", float("nan"))
+    post = metrics["handler_ms_per_batch"].get("postprocess", float("nan"))
     handler = pre + inf + (0.0 if post != post else post)
     latency = statistics.fmean(run.latencies_ms) if run.latencies_ms else float("nan")
     return {
@@ -213,7 +199,7 @@ def served_point(export_dir: Path, work: Path, batch: int, delay: int, bodies: l
                                  "postprocess": post, "total": round(handler, 2)},
         "pre_post_share_of_handler": round((pre + (0 if post != post else post)) / handler, 4)
         if handler else None,
-        "torchserve_metrics_ms": metrics,
+        "torchserve_metrics": metrics,  # scraped from the Prometheus port
     }  # fmt: skip
 
 
@@ -284,17 +270,29 @@ def device_sweep(args: argparse.Namespace) -> dict[str, Any]:
             del pipeline
             for b in served_sizes:
                 with GpuSampler(torch.device(device).index or 0) if cuda else nullcontext() as gpu:
-                    point = served_point(export_dir, work, b, 10 if cuda else 30, bodies,
-                                         max(args.concurrency, 2 * b), 3.0, served_s)
+                    point = served_point(
+                        export_dir,
+                        work,
+                        b,
+                        10 if cuda else 30,
+                        bodies,
+                        max(args.concurrency, 2 * b),
+                        3.0,
+                        served_s,
+                    )
                 rows[b]["served_rps"] = point["throughput_rps"]
                 rows[b]["served_over_pipeline"] = round(
-                    point["throughput_rps"] / rows[b]["pipeline_items_s"], 3)
+                    point["throughput_rps"] / rows[b]["pipeline_items_s"], 3
+                )
                 rows[b]["served_batch_formed"] = point["mean_batch_formed"]
                 rows[b]["served_p50_ms"] = point["latency_ms"]["p50"]
                 rows[b]["served_errors"] = point["errors"]
                 rows[b]["gpu_util_pct"] = gpu.mean if cuda else None
-                print(f"[bench] served {precision} b={b}: {point['throughput_rps']} req/s, "
-                      f"GPU {rows[b]['gpu_util_pct']}%", flush=True)
+                print(
+                    f"[bench] served {precision} b={b}: {point['throughput_rps']} req/s, "
+                    f"GPU {rows[b]['gpu_util_pct']}%",
+                    flush=True,
+                )
             result["precisions"][precision] = rows
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -336,8 +334,11 @@ def runtime_sweep(args: argparse.Namespace) -> dict[str, Any]:
             quantize_dynamic_int8(work / "onnx" / ONNX_MODEL_FILENAME,
                                   dirs["onnx-int8"] / ONNX_MODEL_FILENAME)  # fmt: skip
         for runtime in args.runtimes:
-            pipeline = (SentimentPipeline(eager, build_tokenizer(cfg.text_encoder), cfg)
-                        if runtime == "eager" else SentimentPipeline.from_dir(dirs[runtime]))
+            pipeline = (
+                SentimentPipeline(eager, build_tokenizer(cfg.text_encoder), cfg)
+                if runtime == "eager"
+                else SentimentPipeline.from_dir(dirs[runtime])
+            )
             rows: dict[int, dict[str, Any]] = {}
             for b in batch_sizes:
                 rows[b] = measure_in_process(pipeline, bodies, b, inproc_s)
@@ -404,28 +405,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="~2 min smoke run (batch 1 and 8 only)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None)
-    p.add_argument("--payload", default="both-small",
-                   help="payload kind from mmsent/harness/workload.py (default: text + 224 px "
-                        "JPEG)")
+    p.add_argument(
+        "--payload",
+        default="both-small",
+        help="payload kind from mmsent/harness/workload.py (default: text + 224 px JPEG)",
+    )
     p.add_argument("--concurrency", type=int, default=24, help="requests in flight when served")
     p.add_argument("--served-seconds", type=float, default=None)
     p.add_argument("--max-load", type=float, default=0.7)
-    p.add_argument("--wait-quiet", type=float, default=None,
-                   help="minutes to wait for a quiet machine (default 20, quick 0)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads, here and in the TorchServe worker (via "
-                        "OMP_NUM_THREADS); default: torch's choice (= cores)")
-    p.add_argument("--device", default="cpu",
-                   help="cpu (the full CPU report) or cuda: a batch 1..64 sweep per precision, "
-                        "in-process and served, with GPU utilisation")
-    p.add_argument("--precisions", nargs="+", default=None, choices=("fp32", "fp16", "bf16"),
-                   help="precisions for the device sweep (default: fp32 fp16 on cuda)")
-    p.add_argument("--runtimes", nargs="+", default=None, choices=RUNTIMES,
-                   help="runtime comparison instead of the batching report: eager, TorchScript, "
-                        "ONNX Runtime fp32 / dynamic int8, batch 1..16, one run")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        help="minutes to wait for a quiet machine (default 20, quick 0)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads, here and in the TorchServe worker (via "
+        "OMP_NUM_THREADS); default: torch's choice (= cores)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (the full CPU report) or cuda: a batch 1..64 sweep per precision, "
+        "in-process and served, with GPU utilisation",
+    )
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        default=None,
+        choices=("fp32", "fp16", "bf16"),
+        help="precisions for the device sweep (default: fp32 fp16 on cuda)",
+    )
+    p.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=None,
+        choices=RUNTIMES,
+        help="runtime comparison instead of the batching report: eager, TorchScript, "
+        "ONNX Runtime fp32 / dynamic int8, batch 1..16, one run",
+    )
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--render", type=Path, default=None,
-                   help="only re-render benchmark.md/.png (and the summary) from this JSON")
+    p.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="only re-render benchmark.md/.png (and the summary) from this JSON",
+    )
     return p.parse_args(argv)
 
 
@@ -640,8 +668,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"{s['served_best_over_in_process_best']}; batching gain (batch 8 vs 1): "
         f"{s['batching_gain_b8_vs_b1']}x; pre+post share of handler time at peak: "
         f"{100 * (s['pre_post_share_at_peak'] or 0):.1f}%.",
-        "Targets: " + ", ".join(f"{k} {'MET' if ok else 'MISSED'}"
-                                for k, ok in s["targets"].items()),  # fmt: skip
+        "Targets: "
+        + ", ".join(
+            f"{k} {'MET' if ok else 'MISSED'}" for k, ok in s["targets"].items()
+        ),  # fmt: skip
     ]
     return "\n".join(lines) + "\n"
 
@@ -697,4 +727,3 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-

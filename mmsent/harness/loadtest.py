@@ -30,9 +30,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+import requests
+
 from mmsent.config import DEFAULT_MODEL_NAME, DEFAULT_PORTS
 from mmsent.harness.locust_report import format_summary, plot, summarize
 from mmsent.harness.machine import results_dir
+from mmsent.harness.prometheus import Scrape, scrape, server_window
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -65,31 +68,59 @@ def require_loopback(host: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--host", default=f"http://127.0.0.1:{DEFAULT_PORTS['inference']}",
-                   help="REST inference base URL")
-    p.add_argument("--grpc-target", default=f"127.0.0.1:{DEFAULT_PORTS['grpc_inference']}",
-                   help="gRPC inference host:port")
+    p.add_argument(
+        "--host",
+        default=f"http://127.0.0.1:{DEFAULT_PORTS['inference']}",
+        help="REST inference base URL",
+    )
+    p.add_argument(
+        "--grpc-target",
+        default=f"127.0.0.1:{DEFAULT_PORTS['grpc_inference']}",
+        help="gRPC inference host:port",
+    )
     p.add_argument("--users", "-u", type=int, default=8, help="concurrent users (in flight)")
     p.add_argument("--spawn-rate", "-r", type=float, default=4.0, help="users started per second")
     p.add_argument("--run-time", "-t", type=parse_duration, default=parse_duration("30s"))
     p.add_argument("--user-classes", nargs="+", choices=USER_CLASSES, default=list(USER_CLASSES))
-    p.add_argument("--payload-mix", default=None,
-                   help="e.g. 'text=1,image-small=1,both-small=4,image-large=1,both-large=1'")
+    p.add_argument(
+        "--payload-mix",
+        default=None,
+        help="e.g. 'text=1,image-small=1,both-small=4,image-large=1,both-large=1'",
+    )
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
-    p.add_argument("--step-shape", action="store_true",
-                   help="step ramp (+--step-users every --step-seconds, --steps steps) instead "
-                        "of constant users")
+    p.add_argument(
+        "--metrics-url",
+        default=f"http://127.0.0.1:{DEFAULT_PORTS['metrics']}",
+        help="TorchServe's Prometheus port, scraped before and after the run",
+    )
+    p.add_argument(
+        "--step-shape",
+        action="store_true",
+        help="step ramp (+--step-users every --step-seconds, --steps steps) instead "
+        "of constant users",
+    )
     p.add_argument("--step-users", type=int, default=4)
     p.add_argument("--step-seconds", type=float, default=15.0)
     p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--results", type=Path, default=None,
-                   help="output folder (default results/loadtest-<timestamp>)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="output folder (default results/loadtest-<timestamp>)",
+    )
     srv = p.add_argument_group("--start-server: run against a TorchServe started here")
     srv.add_argument("--start-server", action="store_true")
-    srv.add_argument("--model-store", type=Path, default=None,
-                     help="store holding <model-name>.mar (default: build one under build/)")
-    srv.add_argument("--tiny", action="store_true",
-                     help="build the tiny test model instead of the full default one (fast)")
+    srv.add_argument(
+        "--model-store",
+        type=Path,
+        default=None,
+        help="store holding <model-name>.mar (default: build one under build/)",
+    )
+    srv.add_argument(
+        "--tiny",
+        action="store_true",
+        help="build the tiny test model instead of the full default one (fast)",
+    )
     return p.parse_args(argv)
 
 
@@ -118,8 +149,19 @@ def maybe_server(args: argparse.Namespace) -> Iterator[None]:
     store = args.model_store or ensure_archive(args.model_name, args.tiny)
     with TorchServe(store, {args.model_name: f"{args.model_name}.mar"}) as server:
         args.host, args.grpc_target = server.inference_url, server.grpc_target
+        args.metrics_url = server.metrics_url
         print(f"[loadtest] TorchServe up: {args.host} / grpc {args.grpc_target}")
         yield
+
+
+def try_scrape(metrics_url: str) -> Scrape | None:
+    """The Prometheus port's metrics, or None (with a note) when it cannot be read: a server
+    started without ``metrics_mode=prometheus`` still gets its Locust report."""
+    try:
+        return scrape(metrics_url)
+    except (requests.RequestException, ValueError) as err:
+        print(f"[loadtest] no server metrics from {metrics_url}: {err}", file=sys.stderr)
+        return None
 
 
 def run_locust(args: argparse.Namespace, out: Path) -> int:
@@ -138,8 +180,12 @@ def run_locust(args: argparse.Namespace, out: Path) -> int:
         cmd += ["--payload-mix", args.payload_mix]
     env = dict(os.environ)
     if args.step_shape:
-        env.update(MMSENT_STEP_SHAPE="1", MMSENT_STEP_USERS=str(args.step_users),
-                   MMSENT_STEP_SECONDS=str(args.step_seconds), MMSENT_STEP_COUNT=str(args.steps))
+        env.update(
+            MMSENT_STEP_SHAPE="1",
+            MMSENT_STEP_USERS=str(args.step_users),
+            MMSENT_STEP_SECONDS=str(args.step_seconds),
+            MMSENT_STEP_COUNT=str(args.steps),
+        )
     with open(out / "locust.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         try:
@@ -159,18 +205,26 @@ def main(argv: list[str] | None = None) -> dict:
     with maybe_server(args):
         require_loopback(args.host)
         require_loopback(args.grpc_target)
+        require_loopback(args.metrics_url)
+        before = try_scrape(args.metrics_url)
         start = time.perf_counter()
         rc = run_locust(args, out)
         wall = time.perf_counter() - start
+        after = try_scrape(args.metrics_url)
     prefix = out / "locust"
     summary = summarize(prefix, out / "responses.csv")
     summary.update(locust_exit_code=rc, wall_s=round(wall, 1), users=args.users,
                    run_time_s=args.run_time, user_classes=args.user_classes,
                    payload_mix=args.payload_mix, step_shape=args.step_shape)  # fmt: skip
-    plot(prefix, out / "responses.csv", out / "loadtest.png",
-         title=f"{'+'.join(args.user_classes)}, {args.users} users")
+    if before is not None and after is not None:
+        summary["server_metrics"] = server_window(before, after)
+    plot(
+        prefix,
+        out / "responses.csv",
+        out / "loadtest.png",
+        title=f"{'+'.join(args.user_classes)}, {args.users} users",
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
     print(f"[loadtest] locust exit {rc}, {wall:.0f}s; reports in {out}")
     return summary
-

@@ -104,7 +104,7 @@ def summarize(prefix: Path, response_log: Path) -> dict[str, Any]:
     if log:
         for stage in ("preprocess_ms", "inference_ms", "postprocess_ms", "latency_ms"):
             values = [_float(r[stage]) for r in log if r[stage] != ""]
-            if values:  # answers carry preprocess/inference; postprocess only in metrics
+            if values:  # answers carry preprocess/inference; postprocess: server_metrics
                 split[stage] = round(mean(values), 2)
     sizes = [_float(r["batch_size"]) for r in log if r["batch_size"] != ""]
     return {
@@ -125,6 +125,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(
         f"batch size of answers: mean {summary['batch_size_mean']}, max {summary['batch_size_max']}"
     )
+    server = summary.get("server_metrics")
+    if server:  # scraped from TorchServe's Prometheus port before and after the run
+        stages = ", ".join(f"{k} {v} ms" for k, v in server["handler_ms_per_batch"].items())
+        lines.append(
+            f"server (Prometheus): {server['requests']:.0f} requests in {server['batches']:.0f} "
+            f"batches, mean batch {server['batch_size_mean']}; per batch: {stages}; "
+            f"refused by status: {server['errors_by_status'] or 'none'}"
+        )
     if summary["time_split_ms"]:
         split = ", ".join(f"{k[:-3]} {v} ms" for k, v in summary["time_split_ms"].items())
         lines.append(f"mean per request (handler timings are per batch): {split}")

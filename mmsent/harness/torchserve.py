@@ -75,6 +75,21 @@ def render_config(base: Path, overrides: Mapping[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def read_properties(path: Path) -> dict[str, str]:
+    """``key=value`` lines of a TorchServe config (comments and blank lines skipped)."""
+    props: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"\s*([A-Za-z_.]+)\s*=(.*)$", line)
+        if match and not line.lstrip().startswith("#"):
+            props[match.group(1)] = match.group(2).strip()
+    return props
+
+
+# config keys naming a file: relative to the folder torchserve starts in, which for the
+# project's configs is the folder they live in (scripts/serve.py starts it in the repository)
+PATH_KEYS = ("metrics_config",)
+
+
 def describe_workers(
     management_url: str, model: str, headers: Mapping[str, str] | None = None
 ) -> list[dict] | None:
@@ -145,6 +160,10 @@ class TorchServe:
         tmp.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         props = {**self.ports.as_properties(), "model_store": str(self.model_store)}
+        base = read_properties(self.base_config)
+        for key in PATH_KEYS:  # this server starts in its own workdir: make them absolute
+            if key in base and not Path(base[key]).is_absolute():
+                props[key] = str((self.base_config.parent / base[key]).resolve())
         props.update(self.overrides)
         self.config_path.write_text(render_config(self.base_config, props))
         env = dict(os.environ, TMPDIR=str(tmp), TEMP=str(tmp), LOG_LOCATION=str(self.log_dir),
