@@ -3,6 +3,9 @@
 TorchServe batches requests (``batchSize`` / ``maxBatchDelay`` in model-config.yaml) and hands
 the list to :meth:`handle`. Every step works on the whole batch; a bad item gets its own 4xx
 status and error body while its batch mates are answered normally, and the worker stays up.
+Open Inference Protocol (v2) requests (``/v2/models/{name}/infer``, v2 gRPC ``ModelInfer``) are
+recognised by their body, spread over one pipeline row per item and answered in the protocol's
+form by mmsent.serving.open_inference (docs/OPEN_INFERENCE.md).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from mmsent.errors import RequestError
+from mmsent.serving import open_inference
 from mmsent.serving import pipeline as pipeline_module
 from mmsent.serving.deadline import admit
 from mmsent.serving.explain import EXPLAIN_HEADER, ExplainOptions, explain_batch, split_options
@@ -83,8 +87,12 @@ class FusionSentimentHandler(BaseHandler):
         self.pipeline.warmup()
         self.context = context
         self.initialized = True
-        logger.info("fusion sentiment model: gpu_id=%s assigned, loaded on %s in %s",
-                    props.get("gpu_id"), device, self.pipeline.dtype)
+        logger.info(
+            "fusion sentiment model: gpu_id=%s assigned, loaded on %s in %s",
+            props.get("gpu_id"),
+            device,
+            self.pipeline.dtype,
+        )
         logger.info("serving code from %s", Path(pipeline_module.__file__).parent)
 
     def preprocess(self, data: list[dict[str, Any]]) -> Batch:
@@ -107,13 +115,23 @@ class FusionSentimentHandler(BaseHandler):
         self.context = context
         headers = [request_headers(context, slot) for slot in range(len(data))]  # read once
         admitted, items, refused = split_expired(data, headers)
-        admitted, items, wanted = self._take_explain_options(headers, admitted, items, refused)
+        # Open Inference (v2) requests become one row per item: from here "admitted" maps each
+        # pipeline row to its slot, and a v2 slot appears once per item
+        v2 = open_inference.expand(data, admitted, items, headers, self.pipeline.limits, refused)
+        admitted, items, wanted = self._take_explain_options(headers, v2.rows, v2.items, refused)
         batch = self.inference(self.preprocess(items))
+        rows = self.postprocess(batch)
         by_slot = {slot: err.to_dict() for slot, err in refused.items()}
-        by_slot.update(zip(admitted, self.postprocess(batch), strict=True))
+        by_slot.update(zip(admitted, rows, strict=True))
         if wanted:
             self._add_explanations(batch, items, wanted, admitted, by_slot)
         errors = {**refused, **{admitted[row]: err for row, err in batch.errors.items()}}
+        if v2.v2:  # the protocol's answer replaces its slot's per-row answers
+            shared = self._v2_context(context, len(data), batch.size)
+            bodies, v2_errors = open_inference.collect(v2, admitted, rows, batch.errors, refused,
+                                                       shared)  # fmt: skip
+            by_slot.update(bodies)
+            errors.update(v2_errors)
         for slot, err in errors.items():
             context.set_response_status(err.status, status_phrase(err.message), idx=slot)
         for slot in range(len(data)):
@@ -123,6 +141,19 @@ class FusionSentimentHandler(BaseHandler):
         answers = [json.dumps(by_slot[slot]) for slot in range(len(data))]
         self._emit_metrics(context, batch, errors, (time.perf_counter() - start) * 1000)
         return answers
+
+    def _v2_context(
+        self, context: Context, requests: int, rows: int
+    ) -> open_inference.AnswerContext:
+        """What every Open Inference answer of this batch shares (model name and version)."""
+        manifest = getattr(context, "manifest", None) or {}
+        return open_inference.AnswerContext(
+            model_name=getattr(context, "model_name", None) or "",
+            model_version=(manifest.get("model") or {}).get("modelVersion"),
+            labels=self.pipeline.cfg.labels,
+            batch_size=requests,
+            batch_rows=rows,
+        )
 
     def _take_explain_options(
         self,
@@ -248,4 +279,3 @@ def request_headers(context: Context, slot: int) -> dict[str, str]:
     """
     props = context.get_all_request_header(slot) or {}
     return {str(k).lower(): v for k, v in props.items() if isinstance(v, str)}
-

@@ -1,11 +1,13 @@
 """Build TorchServe's gRPC stubs from the ``.proto`` files inside the installed frontend jar.
 
 The jar (``ts/frontend/model-server.jar``) carries ``proto/inference.proto``,
-``proto/management.proto`` and ``google/rpc/status.proto`` (which inference.proto imports and
-which grpcio-tools does not bundle). We extract them to a temp dir, run grpcio-tools' protoc and
-rewrite the generated absolute imports (``import inference_pb2``, ``from google.rpc import
-status_pb2``) into package-relative ones so ``mmsent.clients.grpc_stubs`` works as a normal package
-without touching ``sys.path``.
+``proto/management.proto``, ``proto/open_inference_grpc.proto`` (the Open Inference Protocol v2
+service, package ``org.pytorch.serve.grpc.openinference``: its own package, so its symbols never
+clash with kserve's or tritonclient's ``inference.*``) and ``google/rpc/status.proto`` (which
+inference.proto imports and which grpcio-tools does not bundle). We extract them to a temp dir,
+run grpcio-tools' protoc and rewrite the generated absolute imports (``import inference_pb2``,
+``from google.rpc import status_pb2``) into package-relative ones so
+``mmsent.clients.grpc_stubs`` works as a normal package without touching ``sys.path``.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from importlib import metadata
 from pathlib import Path
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "grpc_stubs"
-PROTOS = ("proto/inference.proto", "proto/management.proto")
+PROTOS = ("proto/inference.proto", "proto/management.proto", "proto/open_inference_grpc.proto")
 DEPENDENCIES = ("google/rpc/status.proto",)
 STAMP = ".generated-from"
 EXPECTED = ("inference_pb2.py", "inference_pb2_grpc.py", "management_pb2.py",
-            "management_pb2_grpc.py", "google/rpc/status_pb2.py")  # fmt: skip
+            "management_pb2_grpc.py", "open_inference_grpc_pb2.py",
+            "open_inference_grpc_pb2_grpc.py", "google/rpc/status_pb2.py")  # fmt: skip
 
 
 def torchserve_jar() -> Path:

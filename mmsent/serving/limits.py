@@ -29,6 +29,10 @@ class RequestLimits:
     # a 10x10 grid, default model, 2-core CPU: 3.1 s); beyond them the answer is a 413.
     max_explain_words: int = 64  # every text max_text_length=64 admits (<= 62 words) fits
     max_explain_cells: int = 100  # up to a 10x10 grid (22 px cells at 224 px)
+    # items in one Open Inference (v2) request (shape [N]): its N rows join the TorchServe batch
+    # (batchSize 8 requests) in one forward pass, so N bounds what one caller adds to everyone's
+    # latency; beyond it the answer is a 413 (serving/open_inference.py)
+    max_items_per_request: int = 32
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> RequestLimits:
