@@ -10,16 +10,18 @@ the addresses (free loopback ports, so runs can sit side by side) and for the on
 ``/mnt/models`` that TorchServe opens itself (``metrics_config``). :func:`env_overrides` is the
 whole list; tests/integration/test_kserve_pod.py pins it.
 
-Not rehearsed: KServe's wrapper (REST 8080 / gRPC 8081 in front of TorchServe; it lives in the
-kfs image only), the storage initializer, Knative. Readiness is polled the way the wrapper polls
-it (``GET <management>/models/<name>?customized=false`` until a worker is READY).
+:class:`KServeGatewayPod` adds what the pod runs next: our gateway (``python -m mmsent.gateway``,
+the command line of mmsent.packaging.kserve.gateway_args) as a subprocess in front of that
+TorchServe, on free loopback ports instead of 8080/8081 (:func:`gateway_command`; only its four
+address options differ from the pod's). Not rehearsed: the image, the storage initializer,
+Knative. Readiness is polled the way the gateway polls it
+(``GET <management>/models/<name>?customized=false`` until a worker is READY).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +32,7 @@ from types import TracebackType
 
 import requests
 
-from mmsent.harness.torchserve import Ports
+from mmsent.harness.torchserve import Ports, free_port, group_alive, log_tail, stop_group
 from mmsent.packaging.kserve import (
     CONFIG_REL,
     MODEL_NAME,
@@ -38,6 +40,7 @@ from mmsent.packaging.kserve import (
     POD_ENV,
     RUNTIME_ARGS,
     TS_ADDRESSES,
+    gateway_args,
     read_properties,
 )
 
@@ -122,7 +125,8 @@ class KServePod:
         return self
 
     def describe(self) -> dict | None:
-        """``GET /models/<name>?customized=false``: what KServe's wrapper polls for readiness."""
+        """``GET /models/<name>?customized=false``: what the gateway (as KServe's wrapper did)
+        polls for readiness."""
         try:
             resp = requests.get(f"{self.management_url}/models/{MODEL_NAME}",
                                 params={"customized": "false"}, timeout=5)  # fmt: skip
@@ -137,7 +141,7 @@ class KServePod:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process is not None and not _group_alive(self.process.pid):
+            if self.process is not None and not group_alive(self.process.pid):
                 raise RuntimeError(f"TorchServe exited:\n{self.log_tail()}")
             if self.ready():
                 return
@@ -145,28 +149,12 @@ class KServePod:
         raise TimeoutError(f"pod not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
-        chunks = []
-        for name in ("console.log", "ts_log.log", "model_log.log"):
-            path = self.log_dir / name
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                chunks.append(f"--- {name}\n" + "\n".join(tail))
-        return "\n".join(chunks)
+        return log_tail(self.log_dir, ("console.log", "ts_log.log", "model_log.log"), lines)
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.process is None:
             return
-        pgid = self.process.pid
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(pgid):
-                time.sleep(0.2)
-            if not _group_alive(pgid):
-                break
+        stop_group(self.process, timeout)
         self.process.wait(timeout=5)
         self.process = None
         if os.environ.get("MMSENT_KEEP_SERVER_LOGS") != "1":
@@ -184,12 +172,101 @@ class KServePod:
         self.stop()
 
 
-def _group_alive(pgid: int) -> bool:
-    """Any non-zombie process left in the group (the launcher itself exits early)."""
-    out = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True)
-    return any(s and not s.startswith("Z") for s in out.stdout.split())
-
-
 def overridden_keys(environment: Mapping[str, str]) -> set[str]:
     """The config keys a pod environment overrides (``TS_FOO_BAR`` -> ``foo_bar``)."""
     return {name[3:].lower() for name in environment if name.startswith("TS_")}
+
+
+# The gateway options the rehearsal remaps (addresses); every other option is the pod's.
+GATEWAY_ADDRESS_OPTIONS = ("--torchserve", "--management", "--http-port", "--grpc-port")
+
+
+def gateway_command(pod: KServePod, http_port: int, grpc_port: int,
+                    response_timeout: int) -> list[str]:  # fmt: skip
+    """The pod's gateway command line with its addresses moved to ``pod`` and free ports."""
+    values = {"--torchserve": pod.inference_url, "--management": pod.management_url,
+              "--http-port": str(http_port), "--grpc-port": str(grpc_port)}  # fmt: skip
+    args = gateway_args(response_timeout)
+    assert args[0] == "python", args
+    out = [sys.executable, *args[1:]]
+    for i, arg in enumerate(out[:-1]):
+        if arg in values:
+            out[i + 1] = values[arg]
+    return out
+
+
+class KServeGatewayPod(KServePod):
+    """The pod as it now runs: TorchServe from the bundle (as :class:`KServePod`), then our
+    gateway in front of it. ``http_url`` / ``grpc_target`` are where KServe would route."""
+
+    def __init__(self, bundle: str | Path, ports: Ports | None = None,
+                 response_timeout: int = 120) -> None:  # fmt: skip
+        super().__init__(bundle, ports)
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.response_timeout = response_timeout
+        self.gateway: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def gateway_command(self) -> list[str]:
+        return gateway_command(self, self.http_port, self.grpc_port, self.response_timeout)
+
+    def start(self, timeout: float = 240.0) -> KServeGatewayPod:
+        super().start(timeout)
+        try:
+            self.start_gateway(timeout=120.0)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_gateway(self, timeout: float = 120.0) -> None:
+        """Start the gateway; returns once its ``/v2/health/ready`` answers 200."""
+        with open(self.log_dir / "gateway.log", "ab") as log:
+            self.gateway = subprocess.Popen(self.gateway_command(), cwd=self.workdir,
+                                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.gateway.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.gateway.returncode}:\n"
+                                   f"{self.log_tail()}")  # fmt: skip
+            try:
+                if requests.get(f"{self.http_url}/v2/health/ready", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"gateway not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop_gateway(self) -> None:
+        if self.gateway is None:
+            return
+        if self.gateway.poll() is None:
+            self.gateway.terminate()
+            try:
+                self.gateway.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.gateway.kill()
+                self.gateway.wait(timeout=10)
+        self.gateway = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        tail = super().log_tail(lines)
+        path = self.log_dir / "gateway.log"
+        if path.exists():
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            tail += "\n--- gateway.log\n" + "\n".join(text)
+        return tail
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_gateway()
+        super().stop(timeout)
+
+    def __enter__(self) -> KServeGatewayPod:
+        return self.start()

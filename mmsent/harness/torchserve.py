@@ -218,29 +218,13 @@ class TorchServe:
         return [int(w["pid"]) for w in workers if w.get("pid")]
 
     def log_tail(self, lines: int = 60) -> str:
-        chunks = []
-        for name in ("console.log", "model_log.log", "ts_log.log"):
-            path = self.log_dir / name
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                chunks.append(f"--- {name}\n" + "\n".join(tail))
-        return "\n".join(chunks)
+        return log_tail(self.log_dir, ("console.log", "model_log.log", "ts_log.log"), lines)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Terminate the whole process group (launcher, Java frontend, Python workers)."""
         if self.process is None:
             return
-        pgid = self.process.pid
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(pgid):
-                time.sleep(0.2)
-            if not _group_alive(pgid):
-                break
+        stop_group(self.process, timeout)
         self.process.wait(timeout=5)
         self.process = None
         if self._own_workdir and os.environ.get("MMSENT_KEEP_SERVER_LOGS") != "1":
@@ -256,7 +240,8 @@ class TorchServe:
         self.stop()
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Whether any living (non-zombie) process is left in group ``pgid``."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -264,3 +249,30 @@ def _group_alive(pgid: int) -> bool:
     # zombies still count for killpg; ask ps for living members
     out = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True)
     return any(s and not s.startswith("Z") for s in out.stdout.split())
+
+
+def log_tail(log_dir: Path, names: tuple[str, ...], lines: int) -> str:
+    """The last ``lines`` of each named log in ``log_dir`` that exists, headed by its name."""
+    chunks = []
+    for name in names:
+        path = log_dir / name
+        if path.exists():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            chunks.append(f"--- {name}\n" + "\n".join(tail))
+    return "\n".join(chunks)
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the process group ``process`` leads (TorchServe's launcher exits early, its Java
+    frontend and workers stay in the group), SIGKILL what is left after ``timeout``."""
+    pgid = process.pid
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and group_alive(pgid):
+            time.sleep(0.2)
+        if not group_alive(pgid):
+            break

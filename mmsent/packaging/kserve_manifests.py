@@ -7,6 +7,8 @@ committed files differ from this output or do not validate against the KServe SD
 
 from __future__ import annotations
 
+import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,14 @@ import yaml
 
 from mmsent.packaging.archive import ROOT
 from mmsent.packaging.kserve import (
+    GATEWAY_GRPC_PORT,
+    GATEWAY_HTTP_PORT,
     METRICS_PORT,
     MODEL_NAME,
     RUNTIME_ARGS,
     TORCHSERVE_VERSION,
-    WRAPPER_GRPC_PORT,
-    WRAPPER_HTTP_PORT,
     default_model_config,
+    gateway_args,
     kfs_image,
     snapshot_settings,
 )
@@ -39,6 +42,17 @@ STORAGE_URI = "gs://YOUR-BUCKET/mmsent/kserve"  # where build/kserve/ is uploade
 SERVING_REQUIREMENTS: tuple[str, ...] = (
     "torch", "transformers", "tokenizers", "pillow", "numpy", "captum",
 )  # fmt: skip
+# What the gateway (mmsent.gateway) needs on top: the kserve SDK it is built on, and the gRPC /
+# protobuf / psutil versions kserve 0.21 was tested with here, all pinned in requirements.txt.
+GATEWAY_REQUIREMENTS: tuple[str, ...] = ("kserve", "grpcio", "protobuf", "psutil")
+# The gateway's code in the image: only mmsent/{__init__,config,errors}.py and mmsent/gateway/
+# (its import-linter contract), in a folder that is on the gateway's PYTHONPATH only. Never on
+# TorchServe's: its worker imports the mmsent/ packed in the .mar, and a partial mmsent package
+# earlier on sys.path would shadow it.
+GATEWAY_HOME = "/opt/mmsent-gateway"
+GATEWAY_FILES: tuple[str, ...] = (
+    "mmsent/__init__.py", "mmsent/config.py", "mmsent/errors.py", "mmsent/gateway/",
+)  # fmt: skip
 # Pod sizes: CPU = the 2-core box the benchmarks ran on; GPU = one pod per model-config.gpu.yaml
 RESOURCES: dict[bool, dict[str, str]] = {
     False: {"cpu": "2", "memory": "4Gi"},
@@ -53,15 +67,18 @@ SECURITY_CONTEXT: dict[str, Any] = {
 KNATIVE_QUEUE_PROXY_PORT = 8012  # Serverless mode: traffic enters the pod through queue-proxy
 
 
-def pinned_requirements(requirements: Path = ROOT / "requirements.txt") -> list[str]:
-    """``name==version`` for each SERVING_REQUIREMENTS entry, read from requirements.txt."""
+def pinned_requirements(
+    requirements: Path = ROOT / "requirements.txt",
+    names: tuple[str, ...] = SERVING_REQUIREMENTS,
+) -> list[str]:
+    """``name==version`` for each of ``names``, read from requirements.txt."""
     pins = {}
     for line in requirements.read_text().splitlines():
         spec = line.split("#", 1)[0].strip()
         if "==" in spec:
             name, version = spec.split("==", 1)
             pins[name.split("[", 1)[0].strip().lower()] = version.strip()
-    return [f"{name}=={pins[name]}" for name in SERVING_REQUIREMENTS]
+    return [f"{name}=={pins[name]}" for name in names]
 
 
 def image(gpu: bool) -> str:
@@ -82,8 +99,23 @@ def pod_resources(gpu: bool) -> dict[str, str]:
     return resources
 
 
+def pod_script(gpu: bool) -> str:
+    """The container's shell line: TorchServe exactly as KServe's runtime starts it, then our
+    gateway in its place (``exec``: the gateway is the container's main process, so the pod
+    ends, and restarts, when it does). ``command`` replaces the kfs image's entrypoint, which
+    would otherwise start the stock wrapper after the args (pytorch/serve
+    kubernetes/kserve/dockerd-entrypoint.sh)."""
+    timeout = snapshot_settings(default_model_config(gpu))["responseTimeout"]
+    return (f"{shlex.join(RUNTIME_ARGS)} && exec env PYTHONPATH={GATEWAY_HOME} "
+            f"{shlex.join(gateway_args(timeout))}")  # fmt: skip
+
+
+POD_COMMAND: tuple[str, ...] = ("/bin/sh", "-c")
+
+
 def cluster_serving_runtime(gpu: bool) -> dict[str, Any]:
-    """KServe's TorchServe runtime, pinned, WITHOUT TS_SERVICE_ENVELOPE (see kserve.POD_ENV)."""
+    """KServe's TorchServe runtime, pinned, WITHOUT TS_SERVICE_ENVELOPE (see kserve.POD_ENV),
+    with our gateway instead of the kfs wrapper (v1 is not served: the gateway speaks v2)."""
     limits = pod_resources(gpu)
     return {
         "apiVersion": "serving.kserve.io/v1alpha1",
@@ -94,11 +126,12 @@ def cluster_serving_runtime(gpu: bool) -> dict[str, Any]:
                             "prometheus.kserve.io/path": "/metrics"},
             # autoSelect false: only InferenceServices that name this runtime get it
             "supportedModelFormats": [{"name": "pytorch", "version": "1", "autoSelect": False}],
-            "protocolVersions": ["v1", "v2", "grpc-v2"],
+            "protocolVersions": ["v2", "grpc-v2"],
             "containers": [{
                 "name": "kserve-container",
                 "image": image(gpu),
-                "args": list(RUNTIME_ARGS),
+                "command": list(POD_COMMAND),
+                "args": [pod_script(gpu)],
                 "resources": {"requests": dict(limits), "limits": dict(limits)},
                 "securityContext": SECURITY_CONTEXT,
             }],
@@ -136,7 +169,7 @@ def inference_service(gpu: bool) -> dict[str, Any]:
 
 
 def network_policy() -> dict[str, Any]:
-    """Only KServe's ports are reachable: the wrapper (8080/8081, 8012 via Knative's
+    """Only KServe's ports are reachable: the gateway (8080/8081, 8012 via Knative's
     queue-proxy) from the ingress, metrics (8082) from the monitoring namespace."""
     selector = {
         "matchExpressions": [
@@ -161,7 +194,7 @@ def network_policy() -> dict[str, Any]:
     monitoring_ns = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
     }
-    serving_ports = [WRAPPER_HTTP_PORT, WRAPPER_GRPC_PORT, KNATIVE_QUEUE_PROXY_PORT]
+    serving_ports = [GATEWAY_HTTP_PORT, GATEWAY_GRPC_PORT, KNATIVE_QUEUE_PROXY_PORT]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -179,21 +212,35 @@ def network_policy() -> dict[str, Any]:
 
 
 def dockerfile() -> str:
-    """The runtime image: the pinned kfs image + the serving dependencies, pinned."""
+    """The runtime image: the pinned kfs image + the serving dependencies + the gateway.
+
+    Built from the repository root (the gateway's code is COPYed from mmsent/), and with an
+    ENTRYPOINT that runs the same line as the ClusterServingRuntime, so a plain ``docker run``
+    does not start the stock kfs wrapper either."""
     pins = " ".join(pinned_requirements())
+    gateway_pins = " ".join(pinned_requirements(names=GATEWAY_REQUIREMENTS))
+    copies = [f"COPY {path} {GATEWAY_HOME}/{path}" for path in GATEWAY_FILES]
     return "\n".join([
         HEADER,
         "# The stock kfs image lacks transformers/tokenizers; this bakes the serving dependencies",
-        "# in (install_py_dep_per_model=false in the bundle: no pip at pod start).",
-        f"#   docker build -t {image(False)} deploy/kserve",
-        f"#   docker build --build-arg BASE_IMAGE={kfs_image(True)} -t {image(True)} deploy/kserve",
+        "# in (install_py_dep_per_model=false in the bundle: no pip at pod start), and our gateway",
+        "# (mmsent.gateway) that replaces the kfs wrapper. Build from the repository root:",
+        f"#   docker build -f deploy/kserve/Dockerfile -t {image(False)} .",
+        f"#   docker build -f deploy/kserve/Dockerfile --build-arg BASE_IMAGE={kfs_image(True)} \\",
+        f"#     -t {image(True)} .",
         f"ARG BASE_IMAGE={kfs_image(False)}",
         "FROM ${BASE_IMAGE}",
         "USER root",
         "# torch 2.14 and transformers 5 need Python >= 3.10: fail the build, not the pod.",
         "RUN python -c \"import sys; assert sys.version_info >= (3, 10), sys.version\"",
         f"RUN python -m pip install --no-cache-dir {pins}",
+        f"RUN python -m pip install --no-cache-dir {gateway_pins}",
+        "# Only the gateway's modules, on the gateway's PYTHONPATH only (see pod_script).",
+        *copies,
+        f"RUN PYTHONPATH={GATEWAY_HOME} python -c \"import mmsent.gateway.server\"",
         "USER model-server",
+        f"ENTRYPOINT {json.dumps(list(POD_COMMAND))}",
+        f"CMD {json.dumps([pod_script(False)])}",
         "",
     ])  # fmt: skip
 

@@ -1,8 +1,9 @@
 """A rehearsal of the KServe pod, the closest thing to the cluster that runs here: the bundle
 (tiny archive) started with KServe's TorchServe command line and environment, the bundle's
 config.properties untouched, only its addresses and /mnt/models paths remapped through
-TorchServe's TS_* variables. KServe's wrapper, the storage initializer and Knative are NOT part
-of it (see docs/DEPLOY.md "Verified here / not verified")."""
+TorchServe's TS_* variables. Our gateway in front of it (what the pod runs after TorchServe) is
+rehearsed in test_kserve_gateway.py; the image, the storage initializer and Knative are NOT part
+of either (see docs/DEPLOY.md "Verified here / not verified")."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def test_started_like_kserve_with_only_addresses_and_paths_remapped(
     assert pod.environment["TS_METRICS_CONFIG"] == str((bundle / METRICS_REL).resolve())
 
 
-def test_ready_as_kserves_wrapper_polls_it_with_the_snapshots_batching(
+def test_ready_as_the_gateway_polls_it_with_the_snapshots_batching(
     pod: KServePod, bundle: Path
 ) -> None:
     described = pod.describe()
@@ -86,7 +87,7 @@ def test_ready_as_kserves_wrapper_polls_it_with_the_snapshots_batching(
         key: _snapshot(bundle)[key] for key in SNAPSHOT_KEYS}  # fmt: skip
     assert described["modelUrl"] == _snapshot(bundle)["marName"]
     assert snapshot_drift((bundle / CONFIG_REL).read_text(), MODEL_CONFIG_YAML) == []
-    # KServe's wrapper, not TorchServe, answers the v2 health routes in the pod: TorchServe 0.12
+    # our gateway, not TorchServe, answers the v2 health routes in the pod: TorchServe 0.12
     # serves them only with TS_OPEN_INFERENCE_PROTOCOL=oip, which the runtime does not set
     resp = requests.get(f"{pod.inference_url}/v2/health/ready", timeout=10)
     assert resp.status_code == 404
@@ -128,7 +129,7 @@ def test_metrics_port_has_torchserve_counters_and_every_declared_handler_metric(
 
 
 def test_v2_infer_over_tritonclient(pod: KServePod) -> None:
-    """POST /v2/models/<name>/infer is what KServe's wrapper forwards a v2 REST request to."""
+    """POST /v2/models/<name>/infer is what our gateway forwards every v2 request to."""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url=pod.inference_url.removeprefix("http://"))

@@ -4,6 +4,8 @@ SDK's model classes (unknown fields and wrong types fail), and they agree with t
 from __future__ import annotations
 
 import copy
+import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,9 @@ import yaml
 
 from mmsent.packaging import kserve_manifests as km
 from mmsent.packaging.kserve import (
+    GATEWAY_TIMEOUT_MARGIN_S,
     METRICS_PORT,
+    MODEL_NAME,
     RUNTIME_ARGS,
     TORCHSERVE_VERSION,
     default_model_config,
@@ -85,15 +89,40 @@ def test_runtime_errors_are_reported_with_their_path() -> None:
 
 
 @pytest.mark.parametrize("gpu", [False, True])
-def test_runtime_is_kserves_torchserve_runtime_pinned(gpu: bool) -> None:
+def test_runtime_is_kserves_torchserve_runtime_pinned_with_our_gateway(gpu: bool) -> None:
     runtime = km.cluster_serving_runtime(gpu)
     container = runtime["spec"]["containers"][0]
-    assert container["args"] == list(RUNTIME_ARGS)
+    # `command` replaces the kfs entrypoint (which would start the stock wrapper after the args)
+    assert container["command"] == ["/bin/sh", "-c"] and len(container["args"]) == 1
+    torchserve, gateway = container["args"][0].split(" && ")
+    assert shlex.split(torchserve) == list(RUNTIME_ARGS)  # TorchServe exactly as KServe starts it
+    timeout = snapshot_settings(default_model_config(gpu))["responseTimeout"]
+    assert shlex.split(gateway) == [
+        "exec", "env", f"PYTHONPATH={km.GATEWAY_HOME}", "python", "-m", "mmsent.gateway",
+        "--model-name", MODEL_NAME, "--torchserve", "http://127.0.0.1:8085",
+        "--management", "http://127.0.0.1:8085", "--http-port", "8080", "--grpc-port", "8081",
+        "--request-timeout", str(timeout + GATEWAY_TIMEOUT_MARGIN_S),
+    ]  # fmt: skip
     assert container["image"].endswith(f":{TORCHSERVE_VERSION}{'-gpu' if gpu else ''}")
     assert "env" not in container  # no TS_SERVICE_ENVELOPE: pytorch/serve#2158
-    assert runtime["spec"]["protocolVersions"] == ["v1", "v2", "grpc-v2"]
+    assert runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]  # the gateway has no v1
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == str(METRICS_PORT)
     assert f"ARG BASE_IMAGE={kfs_image(False)}" in km.dockerfile()
+
+
+def test_image_holds_the_gateway_and_runs_the_runtimes_line() -> None:
+    lines = km.dockerfile().splitlines()
+    gateway_pins = " ".join(km.pinned_requirements(names=km.GATEWAY_REQUIREMENTS))
+    assert f"RUN python -m pip install --no-cache-dir {gateway_pins}" in lines
+    assert "kserve==0.21.0" in gateway_pins
+    for path in km.GATEWAY_FILES:
+        assert f"COPY {path} {km.GATEWAY_HOME}/{path}" in lines
+        assert (km.ROOT / path).exists()
+    assert not any(line.startswith("ENV PYTHONPATH") for line in lines)  # TorchServe's stays clean
+    assert 'ENTRYPOINT ["/bin/sh", "-c"]' in lines
+    assert f"CMD {json.dumps([km.pod_script(False)])}" in lines
+    assert lines.index("USER model-server") > max(i for i, line in enumerate(lines)
+                                                  if line.startswith(("RUN", "COPY")))  # fmt: skip
 
 
 @pytest.mark.parametrize("gpu", [False, True])
