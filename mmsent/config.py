@@ -19,6 +19,7 @@ FUSIONS: tuple[str, ...] = ("attention", "concat", "late")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 # Which runtime loads the archive's model file (``ModelConfig.runtime`` -> ``MODEL_FILES``).
 RUNTIMES: tuple[str, ...] = ("torchscript", "onnx")
+IMAGE_INPUTS: tuple[str, ...] = ("cells", "evidence")
 
 # -- file names inside an exported model folder / archive -----------------------------------------
 CONFIG_FILENAME = "model_config.json"
@@ -74,6 +75,12 @@ class ModelConfig:
     dropout: float = 0.1
     precision: str = "auto"  # serving dtype, one of PRECISIONS; the export itself is fp32
     runtime: str = "torchscript"  # one of RUNTIMES: which file the archive holds, who loads it
+    # attention fusion's image input: "cells" (every CNN cell is a key) or "evidence" (one key:
+    # an image classifier's log-probabilities, trained cross-fitted; see docs/TRAINING.md)
+    image_input: str = "cells"
+    # softmax temperature fitted on the validation split: served probabilities are
+    # softmax(logits / temperature). 1.0 = uncalibrated (and what archives without it mean)
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -82,6 +89,12 @@ class ModelConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.image_input not in IMAGE_INPUTS:
+            raise ValueError(f"image_input must be one of {IMAGE_INPUTS}, got {self.image_input!r}")
+        if self.image_input == "evidence" and self.fusion != "attention":
+            raise ValueError("image_input='evidence' is implemented for attention fusion only")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if self.fusion_dim % self.num_heads:
             raise ValueError("fusion_dim must be divisible by num_heads")
         if self.resize_size < self.image_size:

@@ -3,7 +3,8 @@
 
 The README's "served examples" table is this script's output against the default archive
 (`bash scripts/quickstart.sh` first). Mixes text-only, image-only, congruent and incongruent
-(ironic) pairs.
+(ironic) pairs. ``--model-dir DIR`` answers the same requests in-process with the serving
+pipeline on an exported model folder or unpacked archive (no server needed; same answers).
 """
 
 from __future__ import annotations
@@ -34,12 +35,23 @@ EXAMPLES: list[tuple[str | None, str | None, str]] = [
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="answer in-process from this exported model folder instead of a server")
     args = p.parse_args(argv)
+    pipeline = None
+    if args.model_dir:
+        from mmsent.serving.pipeline import SentimentPipeline
+
+        pipeline = SentimentPipeline.from_dir(args.model_dir)
     print("| text | image | kind | label | p(neg / neu / pos) | text / image contribution |")
     print("|---|---|---|---|---|---|")
     for text, image, kind in EXAMPLES:
         path = ROOT / "examples" / image if image else None
-        answer = predict(args.url, text, path).json()
+        if pipeline is not None:
+            fields = {"text": text, "image": path.read_bytes() if path else None}
+            answer = pipeline.predict([{k: v for k, v in fields.items() if v is not None}])[0]
+        else:
+            answer = predict(args.url, text, path).json()
         probs = " / ".join(f"{v:.2f}" for v in answer["probabilities"].values())
         contrib = " / ".join(f"{v:.2f}" for v in answer["contributions"].values())
         print(f"| {text or '–'} | {image or '–'} | {kind} | **{answer['label']}** | {probs} "

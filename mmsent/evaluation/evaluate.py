@@ -28,10 +28,10 @@ from mmsent.data.labels import pair_type
 from mmsent.data.manifest import Example, read_manifest
 from mmsent.evaluation.export_agreement import export_agreement
 from mmsent.evaluation.groups import GROUPS
-from mmsent.evaluation.metrics import classification_metrics
+from mmsent.evaluation.metrics import calibration, classification_metrics, recall_gap
 from mmsent.evaluation.report import write_report
 from mmsent.modeling.checkpoint import load_checkpoint
-from mmsent.training.features import load_data, predict
+from mmsent.training.features import load_data, predict_logits
 
 
 def example_group(example: Example) -> list[str]:
@@ -117,16 +117,27 @@ def evaluate_models(
         model, cfg, extra = load_checkpoint(spec.path)
         labels = cfg.labels
         modalities = extra.get("modalities", "both")
-        data = load_data(manifest, list(splits), model, cfg, cache, modalities)
+        data = load_data(manifest, list(splits), model, cfg, cache, modalities,
+                         text_layer=extra.get("text_from_layer"))
         entry: dict[str, Any] = {
             "path": spec.path, "role": spec.role, "fusion": cfg.fusion, "modalities": modalities,
             "config": _config_summary(cfg), "val_at_save": extra.get("val"),
-            "epoch": extra.get("epoch"), "splits": {},
+            "epoch": extra.get("epoch"), "temperature": cfg.temperature, "splits": {},
         }
         for split in splits:
-            probs, parts = predict(model, data[split])
-            pred = probs.argmax(-1).tolist()
+            logits, parts = predict_logits(model, data[split])
+            pred = logits.argmax(-1).tolist()
             metrics = grouped_metrics(examples[split], pred, cfg.labels)
+            y = data[split].labels
+            raw, served = logits.softmax(-1), (logits / cfg.temperature).softmax(-1)
+            for g in metrics:  # ECE of the served (temperature-scaled) probabilities per group
+                rows = [i for i, e in enumerate(examples[split]) if g in example_group(e)]
+                metrics[g]["ece"] = calibration(served[rows], y[rows])["ece"]
+                metrics[g]["recall_gap"] = recall_gap(metrics[g])
+            metrics["all"]["calibration"] = {
+                "temperature": cfg.temperature,
+                "uncalibrated": calibration(raw, y), "served": calibration(served, y),
+            }
             both = [i for i, e in enumerate(examples[split]) if e.has_text and e.has_image]
             metrics["all"]["text_contribution_on_pairs"] = (
                 parts[both, 0].mean().item() if both else None
@@ -191,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         docs = Path(args.docs)
         docs.mkdir(parents=True, exist_ok=True)
         shutil.copy(paths["markdown"], docs / "report.md")
-        for key in (f"confusion_{args.splits[0]}", f"groups_{args.splits[0]}"):
+        for key in (f"confusion_{args.splits[0]}", f"groups_{args.splits[0]}",
+                    f"reliability_{args.splits[0]}"):
             if key in paths:
                 shutil.copy(paths[key], docs / paths[key].name)
     print(paths["markdown"].read_text())

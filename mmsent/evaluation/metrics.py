@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 
@@ -57,3 +58,47 @@ def prediction_agreement(reference: Tensor, other: Tensor) -> dict[str, float]:
         "top1_agreement": (reference.argmax(-1) == other.argmax(-1)).float().mean().item(),
         "max_abs_prob_diff": (reference - other).abs().max().item(),
     }
+
+
+ECE_BINS = 15
+
+
+def calibration(
+    probs: Tensor, y_true: Tensor | Sequence[int], bins: int = ECE_BINS
+) -> dict[str, Any]:
+    """Expected calibration error of the top-1 confidence, and the reliability-diagram data.
+
+    Bin scheme: ``bins`` equal-width confidence bins over [0, 1] (right-closed; the top bin
+    includes 1.0); ECE = sum over bins of (bin size / N) * |accuracy - mean confidence|.
+    """
+    y = torch.as_tensor(_ints(y_true))
+    conf, pred = probs.max(-1)
+    correct = (pred == y).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    index = torch.bucketize(conf, edges[1:-1], right=False).clamp(0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        members = index == b
+        n = int(members.sum())
+        if n == 0:
+            rows.append({"lo": edges[b].item(), "hi": edges[b + 1].item(), "n": 0})
+            continue
+        acc, mean_conf = correct[members].mean().item(), conf[members].mean().item()
+        ece += n / len(y) * abs(acc - mean_conf)
+        rows.append(
+            {
+                "lo": edges[b].item(),
+                "hi": edges[b + 1].item(),
+                "n": n,
+                "accuracy": acc,
+                "confidence": mean_conf,
+            }
+        )
+    nll = -torch.log(probs[torch.arange(len(y)), y].clamp_min(1e-12)).mean().item()
+    return {"ece": ece, "nll": nll, "bins": rows, "bin_scheme": f"{bins} equal-width bins"}
+
+
+def recall_gap(metrics: dict[str, Any]) -> float:
+    """Largest minus smallest per-class recall (classes with support only)."""
+    recalls = [c["recall"] for c in metrics["per_class"].values() if c["support"]]
+    return max(recalls) - min(recalls)

@@ -58,6 +58,26 @@ def markdown_report(results: dict[str, Any], command: str | None = None) -> str:
                 lines.append(f"| {name} | " + " | ".join(
                     _fmt(metrics[g][metric]) if g in metrics else "–" for g in groups) + " |")
             lines.append("")
+    lines += _target_lines(results, splits)
+    lines += ["## Calibration and class balance", "",
+              "ECE: 15 equal-width bins of the top-1 probability; *before* = softmax(logits), "
+              "*after* = softmax(logits / T) with the temperature T the checkpoint ships "
+              "(fitted on the validation split). Recall gap = largest minus smallest per-class "
+              "recall. Reliability diagrams: `reliability_<split>.png`.", "",
+              "| model | split | T | ECE before | ECE after | NLL before | NLL after | "
+              "recall gap |", "|---|---|---|---|---|---|---|---|"]
+    for name, entry in results["models"].items():
+        for split in splits:
+            cal = entry["splits"][split]["all"].get("calibration")
+            if not cal:
+                continue
+            gap = entry["splits"][split]["all"].get("recall_gap")
+            lines.append(
+                f"| {name} | {split} | {cal['temperature']:.3f} | "
+                f"{_fmt(cal['uncalibrated']['ece'])} | {_fmt(cal['served']['ece'])} | "
+                f"{cal['uncalibrated']['nll']:.3f} | {cal['served']['nll']:.3f} | "
+                f"{_fmt(gap)} |")
+    lines.append("")
     for name, entry in results["models"].items():
         if entry["role"] != "fusion":
             continue
@@ -89,6 +109,29 @@ def markdown_report(results: dict[str, Any], command: str | None = None) -> str:
                          f"{a.get('examples_per_s', 0):.1f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _target_lines(results: dict[str, Any], splits: list[str]) -> list[str]:
+    """The first fusion model vs the best single-modality baseline on every slice."""
+    models = results["models"]
+    first = next((n for n, e in models.items() if e["role"] == "fusion"), None)
+    baselines = [n for n, e in models.items() if e["role"] == "baseline"]
+    if first is None or not baselines:
+        return []
+    lines = [f"## `{first}` vs the best single-modality model, per slice (accuracy)", "",
+             "| split | slice | " + f"{first} | best single-modality | difference |",
+             "|---|---|---|---|---|"]
+    for split in splits:
+        mine = models[first]["splits"][split]
+        for g in GROUPS[1:]:
+            if g not in mine:
+                continue
+            name = max(baselines, key=lambda b: models[b]["splits"][split][g]["accuracy"])
+            best = models[name]["splits"][split][g]["accuracy"]
+            diff = 100 * (mine[g]["accuracy"] - best)
+            lines.append(f"| {split} | {GROUP_TITLES[g]} | {_fmt(mine[g]['accuracy'])} | "
+                         f"{_fmt(best)} ({name}) | {diff:+.1f} |")
+    return [*lines, ""]
 
 
 def plot_confusions(results: dict[str, Any], split: str, path: Path) -> Path:
@@ -147,6 +190,40 @@ def plot_groups(results: dict[str, Any], split: str, path: Path) -> Path:
     return path
 
 
+def plot_reliability(results: dict[str, Any], split: str, path: Path) -> Path:
+    """Reliability diagrams of every fusion model: before and after temperature scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [(n, e) for n, e in results["models"].items()
+              if e["role"] == "fusion" and "calibration" in e["splits"][split]["all"]]
+    fig, axes = plt.subplots(len(models), 2, figsize=(7, 2.7 * len(models)), squeeze=False)
+    for row, (name, entry) in enumerate(models):
+        cal = entry["splits"][split]["all"]["calibration"]
+        for ax, key, title in ((axes[row][0], "uncalibrated", "before (T = 1)"),
+                               (axes[row][1], "served", f"after (T = {cal['temperature']:.2f})")):
+            bins = [b for b in cal[key]["bins"] if b["n"]]
+            width = bins[0]["hi"] - bins[0]["lo"] if bins else 0.1
+            ax.bar([b["lo"] for b in bins], [b["accuracy"] for b in bins], width=width,
+                   align="edge", edgecolor="black", alpha=0.7)
+            ax.plot([0, 1], [0, 1], "--", color="gray", lw=1)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{title}: ECE {100 * cal[key]['ece']:.1f} %", fontsize=8)
+        axes[row][0].set_ylabel(f"{name}\naccuracy", fontsize=7)
+        axes[row][0].tick_params(labelsize=7)
+        axes[row][1].tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("top-1 probability (15 equal-width bins)", fontsize=7)
+    fig.suptitle(f"reliability on {split}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def write_report(
     results: dict[str, Any], out_dir: str | Path, command: str | None = None,
     agreement: dict[str, dict[str, float]] | None = None,
@@ -166,4 +243,8 @@ def write_report(
             paths[f"confusion_{split}"] = plot_confusions(
                 results, split, out / f"confusion_{split}.png")
         paths[f"groups_{split}"] = plot_groups(results, split, out / f"groups_{split}.png")
+        if any(e["role"] == "fusion" and "calibration" in e["splits"][split]["all"]
+               for e in results["models"].values()):
+            paths[f"reliability_{split}"] = plot_reliability(
+                results, split, out / f"reliability_{split}.png")
     return paths

@@ -61,6 +61,29 @@ class FusionHead(nn.Module):
         raise NotImplementedError
 
 
+class ImageEvidence(nn.Module):
+    """Image-only sentiment classifier on the mean-pooled CNN cells: (B, N, C) -> (B, K) logits.
+
+    Small on purpose (it is trained on a few hundred glyphs); cross-fitted copies of it produce
+    the out-of-fold evidence the fusion is trained on (mmsent.training.crossfit).
+    """
+
+    def __init__(self, image_dim: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.fusion_dim
+        self.net = nn.Sequential(
+            nn.LayerNorm(image_dim),
+            nn.Dropout(0.2),
+            nn.Linear(image_dim, d),
+            nn.GELU(),
+            nn.Dropout(0.2),
+            nn.Linear(d, cfg.num_labels),
+        )
+
+    def forward(self, image_tokens: Tensor) -> Tensor:
+        return self.net(image_tokens.mean(1))
+
+
 class AttentionFusion(FusionHead):
     """A learned query attends over [null, text tokens, image cells] with multi-head attention.
 
@@ -71,6 +94,13 @@ class AttentionFusion(FusionHead):
     def __init__(self, text_dim: int, image_dim: int, cfg: ModelConfig) -> None:
         super().__init__(text_dim, image_dim, cfg)
         d = cfg.fusion_dim
+        self.evidence = cfg.image_input == "evidence"
+        if self.evidence:
+            # the image enters as ONE token: its own sentiment evidence (log-probabilities of a
+            # small image classifier), projected to d. Training feeds cross-fitted (out-of-fold)
+            # evidence, so the fusion learns how far an unseen glyph can be trusted.
+            self.image_classifier = ImageEvidence(image_dim, cfg)
+            self.evidence_proj = nn.Sequential(nn.Linear(cfg.num_labels, d), nn.LayerNorm(d))
         self.query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.null = nn.Parameter(torch.zeros(1, 1, d))
         self.modality = nn.Parameter(torch.randn(2, d) * 0.02)
@@ -79,6 +109,35 @@ class AttentionFusion(FusionHead):
         self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
         self.norm2 = nn.LayerNorm(d)
         self.classifier = nn.Linear(d, cfg.num_labels)
+
+    def forward(
+        self,
+        text_tokens: Tensor,
+        text_mask: Tensor,
+        image_tokens: Tensor,
+        has_text: Tensor,
+        has_image: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        if not self.evidence:
+            return super().forward(text_tokens, text_mask, image_tokens, has_text, has_image)
+        return self.forward_evidence(
+            text_tokens, text_mask, self.image_classifier(image_tokens), has_text, has_image
+        )
+
+    def forward_evidence(
+        self,
+        text_tokens: Tensor,
+        text_mask: Tensor,
+        image_logits: Tensor,
+        has_text: Tensor,
+        has_image: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Fusion on given image-classifier logits (B, K): training passes out-of-fold ones."""
+        t = self.text_proj(text_tokens)
+        i = self.evidence_proj(torch.log_softmax(image_logits, dim=-1)).unsqueeze(1)
+        has_text, has_image = has_text.type_as(t), has_image.type_as(t)
+        tmask = text_mask.type_as(t) * has_text.unsqueeze(1)
+        return self.fuse(t, i, tmask, has_text, has_image)
 
     def fuse(
         self, t: Tensor, i: Tensor, tmask: Tensor, has_text: Tensor, has_image: Tensor

@@ -285,7 +285,8 @@ class SentimentPipeline:
         start = time.perf_counter()
         with torch.inference_mode():
             logits, contributions = self.model(*self.model_inputs(batch))
-            probs = torch.softmax(logits.float(), dim=-1).cpu()
+            # the temperature fitted on validation (ModelConfig.temperature, 1.0 if absent)
+            probs = torch.softmax(logits.float() / self.cfg.temperature, dim=-1).cpu()
             contributions = contributions.float().cpu()
         batch.timings_ms["inference"] = (time.perf_counter() - start) * 1000
         batch.outputs = (probs, contributions)

@@ -135,16 +135,48 @@ def _open_cache(cache_dir: Path | None, kind: str, settings: dict, factory: type
     return path, cached, set(cached.index) if cached is not None else set()
 
 
+def _text_settings(encoder: nn.Module, cfg: ModelConfig, layer: int | None) -> dict:
+    if layer is None:
+        fingerprint = weights_fingerprint(encoder)
+    else:  # the states *entering* BERT layer ``layer`` (0-based) depend only on what is below
+        below = nn.ModuleList([encoder.embeddings, *encoder.encoder.layer[:layer]])
+        fingerprint = weights_fingerprint(below)
+    settings = {
+        "encoder": cfg.text_encoder, "fingerprint": fingerprint,
+        "max_text_length": cfg.max_text_length,
+    }
+    if layer is not None:
+        settings["layer_input"] = layer
+    return settings
+
+
+def run_top_layers(encoder: nn.Module, states: Tensor, mask: Tensor, start: int) -> Tensor:
+    """BERT layers ``start``.. of ``encoder`` on cached (B, T, D) states entering layer ``start``.
+
+    The same maths as the full encoder (eager attention, additive padding mask), so a head
+    trained this way and the exported model agree (tests/unit/test_finetune.py).
+    """
+    keep = mask[:, None, None, :].to(states.dtype)
+    additive = (1.0 - keep) * torch.finfo(states.dtype).min
+    for layer in encoder.encoder.layer[start:]:
+        out = layer(states, attention_mask=additive)
+        states = out[0] if isinstance(out, tuple) else out
+    return states
+
+
 @torch.inference_mode()
 def text_features(
     encoder: nn.Module, cfg: ModelConfig, texts: Sequence[str], cache_dir: Path | None,
-    batch_size: int = 128, device: str = "cpu",
+    batch_size: int = 128, device: str = "cpu", layer: int | None = None,
 ) -> TextFeatures:
-    """Token states for every distinct text, computed once per encoder and stored in cache_dir."""
-    settings = {
-        "encoder": cfg.text_encoder, "fingerprint": weights_fingerprint(encoder),
-        "max_text_length": cfg.max_text_length,
-    }
+    """Token states for every distinct text, computed once per encoder and stored in cache_dir.
+
+    ``layer=None``: the encoder's output (what a frozen-encoder head reads). ``layer=k``: the
+    hidden states entering BERT layer k, i.e. what layers k.. see when only they are
+    fine-tuned (``mmsent.training.finetune``); the pass that computes them fills the output
+    cache too, so both cost one encoding.
+    """
+    settings = _text_settings(encoder, cfg, layer)
     wanted = sorted(set(texts))
     path, cached, known = _open_cache(cache_dir, "text", settings, TextFeatures)
     if cached is not None and set(wanted) <= known:
@@ -152,25 +184,50 @@ def text_features(
     tokenizer = build_tokenizer(cfg.text_encoder)
     order = sorted((t for t in wanted if t not in known), key=len)  # little padding per batch
     chunks: list[Tensor] = []
+    last_chunks: list[Tensor] = []
     lengths: list[int] = []
     encoder = encoder.to(device).eval()
     for start in tqdm(range(0, len(order), batch_size), desc="encode text", unit="batch"):
         enc = tokenize(tokenizer, order[start : start + batch_size], cfg)
         mask = enc["attention_mask"]
-        states = encoder(input_ids=enc["input_ids"].to(device), attention_mask=mask.to(device))[0]
-        for row, n in zip(states.half().cpu(), mask.sum(1).tolist(), strict=True):
+        out = encoder(input_ids=enc["input_ids"].to(device), attention_mask=mask.to(device),
+                      output_hidden_states=layer is not None)
+        states = out[0] if layer is None else out.hidden_states[layer]
+        for row, last, n in zip(states.half().cpu(), out[0].half().cpu(), mask.sum(1).tolist(),
+                                strict=True):
             chunks.append(row[:n].clone())
+            last_chunks.append(last[:n].clone())
             lengths.append(n)
+    new_texts, new_lengths = list(order), list(lengths)
     if cached is not None:  # extend the existing cache instead of recomputing it
         order = cached.texts + order
         chunks = [cached.tokens, *chunks]
         lengths = (cached.offsets[1:] - cached.offsets[:-1]).tolist() + lengths
-    offsets = torch.zeros(len(order) + 1, dtype=torch.long)
-    offsets[1:] = torch.tensor(lengths, dtype=torch.long).cumsum(0)
-    feats = TextFeatures(order, offsets, torch.cat(chunks) if chunks else torch.zeros(0, 1).half())
+    feats = _pack(order, lengths, chunks)
     if path:
         _save_atomic({"texts": feats.texts, "offsets": feats.offsets, "tokens": feats.tokens}, path)
+    if layer is not None and cache_dir is not None and new_texts:  # the output cache, for free
+        out_path, out_cached, out_known = _open_cache(
+            cache_dir, "text", _text_settings(encoder, cfg, None), TextFeatures)
+        keep = [i for i, t in enumerate(new_texts) if t not in out_known]
+        texts_o = [new_texts[i] for i in keep]
+        chunks_o = [last_chunks[i] for i in keep]
+        lengths_o = [new_lengths[i] for i in keep]
+        if out_cached is not None:
+            texts_o = out_cached.texts + texts_o
+            chunks_o = [out_cached.tokens, *chunks_o]
+            lengths_o = (out_cached.offsets[1:] - out_cached.offsets[:-1]).tolist() + lengths_o
+        packed = _pack(texts_o, lengths_o, chunks_o)
+        assert out_path is not None
+        _save_atomic({"texts": packed.texts, "offsets": packed.offsets, "tokens": packed.tokens},
+                     out_path)
     return feats
+
+
+def _pack(texts: list[str], lengths: list[int], chunks: list[Tensor]) -> TextFeatures:
+    offsets = torch.zeros(len(texts) + 1, dtype=torch.long)
+    offsets[1:] = torch.tensor(lengths, dtype=torch.long).cumsum(0)
+    return TextFeatures(texts, offsets, torch.cat(chunks) if chunks else torch.zeros(0, 1).half())
 
 
 @torch.inference_mode()
@@ -214,6 +271,7 @@ class FeatureBatch:
     has_text: Tensor
     has_image: Tensor
     labels: Tensor
+    from_layer: int | None = None  # text_tokens are the states entering this BERT layer
 
     def to(self, device: torch.device) -> FeatureBatch:
         return FeatureBatch(**{k: v.to(device) if isinstance(v, Tensor) else v
@@ -226,9 +284,10 @@ class FeatureData:
     def __init__(
         self, examples: list[Example], root: Path, cfg: ModelConfig,
         text: TextFeatures | None, image: ImageFeatures, modalities: str = "both",
-        tokenizer: Any = None,
+        tokenizer: Any = None, text_layer: int | None = None,
     ) -> None:
         self.examples = examples
+        self.text_layer = text_layer
         self.cfg = cfg
         self.text, self.image, self.tokenizer = text, image, tokenizer
         self.labels = torch.tensor([cfg.labels.index(e.label) for e in examples])
@@ -260,15 +319,19 @@ class FeatureData:
             tokens, mask = self.text.batch(texts)
             ids = None
         return FeatureBatch(tokens, mask, ids, self.image.batch(images), has_text, has_image,
-                     self.labels[rows])
+                            self.labels[rows], self.text_layer if ids is None else None)
 
 
 def load_data(
     manifest: str | Path, splits: list[str], model: FusionSentimentModel, cfg: ModelConfig,
     cache_dir: Path | None, modalities: str = "both", live_text: bool = False,
-    device: torch.device | None = None,
+    device: torch.device | None = None, text_layer: int | None = None,
 ) -> dict[str, FeatureData]:
-    """Read the splits of a manifest and attach (cached) encoder features."""
+    """Read the splits of a manifest and attach (cached) encoder features.
+
+    ``text_layer=k``: cache the states entering BERT layer k instead of the encoder output;
+    the forward pass then runs layers k.. live (fine-tuning the top layers on CPU).
+    """
     manifest = Path(manifest)
     examples = {s: read_manifest(manifest, split=s) for s in splits}
     for split, items in examples.items():
@@ -282,19 +345,23 @@ def load_data(
         tokenizer = build_tokenizer(cfg.text_encoder)
     else:
         text = text_features(model.text_encoder, cfg, [e.text for e in every if e.text is not None],
-                             cache_dir, device=dev)
+                             cache_dir, device=dev, layer=text_layer)
     image = image_features(
         model.image_encoder, cfg, [e.image_path(manifest.parent) for e in every if e.has_image],
         cache_dir, device=dev,
     )
     return {
-        s: FeatureData(items, manifest.parent, cfg, text, image, modalities, tokenizer)
+        s: FeatureData(items, manifest.parent, cfg, text, image, modalities, tokenizer,
+                       None if live_text else text_layer)
         for s, items in examples.items()
     }
 
 
-def _text_tokens(model: FusionSentimentModel, batch: FeatureBatch) -> Tensor:
+def text_tokens_of(model: FusionSentimentModel, batch: FeatureBatch) -> Tensor:
     if batch.text_tokens is not None:
+        if batch.from_layer is not None:
+            return run_top_layers(model.text_encoder, batch.text_tokens, batch.text_mask,
+                                  batch.from_layer)
         return batch.text_tokens
     assert batch.input_ids is not None
     return model.encode_text(batch.input_ids, batch.text_mask)
@@ -303,23 +370,32 @@ def _text_tokens(model: FusionSentimentModel, batch: FeatureBatch) -> Tensor:
 def forward(model: FusionSentimentModel, batch: FeatureBatch) -> tuple[Tensor, Tensor]:
     """Head forward on (cached or live) encoder outputs; same maths as the full model."""
     return model.head(
-        _text_tokens(model, batch), batch.text_mask, batch.image_tokens, batch.has_text,
+        text_tokens_of(model, batch), batch.text_mask, batch.image_tokens, batch.has_text,
         batch.has_image,
     )
 
 
 @torch.no_grad()
-def predict(
+def predict_logits(
     model: FusionSentimentModel, data: FeatureData, batch_size: int = 256,
     device: torch.device | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Class probabilities (N, K) and contributions (N, 2) for every example, in order."""
+    """Logits (N, K) and contributions (N, 2) for every example, in order."""
     device = device or torch.device("cpu")
     model.eval()
-    probs, parts = [], []
+    logits_all, parts = [], []
     for start in range(0, len(data), batch_size):
         batch = data.batch(list(range(start, min(start + batch_size, len(data))))).to(device)
         logits, contrib = forward(model, batch)
-        probs.append(logits.float().softmax(-1).cpu())
+        logits_all.append(logits.float().cpu())
         parts.append(contrib.float().cpu())
-    return torch.cat(probs), torch.cat(parts)
+    return torch.cat(logits_all), torch.cat(parts)
+
+
+def predict(
+    model: FusionSentimentModel, data: FeatureData, batch_size: int = 256,
+    device: torch.device | None = None, temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Class probabilities softmax(logits / temperature) (N, K) and contributions (N, 2)."""
+    logits, parts = predict_logits(model, data, batch_size, device)
+    return (logits / temperature).softmax(-1), parts

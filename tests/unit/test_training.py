@@ -42,7 +42,10 @@ def test_loss_decreases_and_checkpoint_matches_serving(
     # The saved checkpoint rebuilt from disk, run end to end on raw text + image bytes (the
     # serving path), gives the same probabilities as the head on cached features (training).
     model, cfg, extra = load_checkpoint(tmp_path / "run" / "best.pt")
-    assert cfg == TINY_CFG and extra["modalities"] == "both" and extra["epoch"] >= 1
+    # the fitted temperature is the only config change training makes
+    assert cfg.replace(temperature=1.0) == TINY_CFG and cfg.temperature > 0
+    assert extra["modalities"] == "both" and extra["epoch"] >= 1
+    assert extra["temperature_fitted_on"] == "val"
     data = load_data(tiny_dataset, ["test"], model, cfg, tmp_path / "cache")["test"]
     probs, _ = predict(model, data)
     rows = [i for i, e in enumerate(data.examples) if e.has_text and e.has_image][:8]
