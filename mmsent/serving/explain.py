@@ -157,7 +157,8 @@ def region_ids(size: int, grid: int, first_id: int, device: torch.device) -> Ten
 
 class _Forward:
     """Captum's forward function: the attributed inputs first, the rest as additional args,
-    reordered into the model's five inputs; returns the softmax over classes (fp32).
+    reordered into the model's five inputs; returns the softmax over classes (fp32), at the
+    served temperature so the explained probabilities are the answered ones.
 
     Captum hands over up to ``PERTURBATIONS_PER_EVAL`` perturbed copies at once; they reach the
     model in chunks of exactly ``MODEL_ROWS`` (the last one padded with copies of its first
@@ -167,8 +168,9 @@ class _Forward:
 
     ORDER = ("input_ids", "attention_mask", "pixel_values", "has_text", "has_image")
 
-    def __init__(self, model: Any, attributed: Sequence[str]) -> None:
+    def __init__(self, model: Any, attributed: Sequence[str], temperature: float = 1.0) -> None:
         self.model = model
+        self.temperature = temperature  # the served probabilities' (ModelConfig.temperature)
         self.names = [*attributed, *(n for n in self.ORDER if n not in attributed)]
         self.passes = 0
 
@@ -190,7 +192,7 @@ class _Forward:
     def _run(self, inputs: list[Tensor], keep: int) -> Tensor:
         self.passes += 1
         logits, _ = self.model(*inputs)
-        return torch.softmax(logits[:keep].float(), dim=-1)
+        return torch.softmax(logits[:keep].float() / self.temperature, dim=-1)
 
 
 def explain_one(
@@ -265,7 +267,7 @@ def explain_one(
         )
         baselines.update(pixel_values=0.0, has_image=0.0)
     names = list(inputs)
-    forward = _Forward(pipeline.model, names)
+    forward = _Forward(pipeline.model, names, pipeline.cfg.temperature)
     with torch.inference_mode():
         attributions = FeatureAblation(forward).attribute(
             tuple(inputs[n] for n in names),

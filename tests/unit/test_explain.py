@@ -8,6 +8,7 @@ per item without touching batch mates.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -47,9 +48,13 @@ ODD_TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def pipeline(tiny_build: tuple[Path, Path]) -> SentimentPipeline:
-    return SentimentPipeline.from_dir(tiny_build[1])
+@pytest.fixture(scope="module", params=[1.0, 3.0], ids=["T=1", "T=3"])
+def pipeline(tiny_build: tuple[Path, Path], request: pytest.FixtureRequest) -> SentimentPipeline:
+    """The tiny model as served, uncalibrated and with a softmax temperature (the answers'
+    probabilities are softmax(logits / T): explanations must explain those numbers)."""
+    pipe = SentimentPipeline.from_dir(tiny_build[1])
+    pipe.cfg = dataclasses.replace(pipe.cfg, temperature=request.param)
+    return pipe
 
 
 def _explain(pipeline: SentimentPipeline, body: dict[str, Any],
