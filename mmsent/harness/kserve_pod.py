@@ -28,11 +28,10 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 import requests
 
-from mmsent.harness.torchserve import Ports, free_port, group_alive, log_tail, stop_group
+from mmsent.harness.torchserve import Ports, ServerProcess, free_port, group_alive
 from mmsent.packaging.kserve import (
     CONFIG_REL,
     MODEL_NAME,
@@ -79,8 +78,10 @@ def pod_command(bundle: Path) -> list[str]:
     return [exe, *args[1:]]
 
 
-class KServePod:
+class KServePod(ServerProcess):
     """TorchServe serving ``bundle`` as in the pod; stop() ends its whole process group."""
+
+    LOGS = ("console.log", "ts_log.log", "model_log.log")
 
     def __init__(self, bundle: str | Path, ports: Ports | None = None) -> None:
         self.bundle = Path(bundle)
@@ -98,10 +99,6 @@ class KServePod:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.metrics}"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.workdir / "logs"
 
     def start(self, timeout: float = 240.0) -> KServePod:
         tmp = self.workdir / "tmp"  # TorchServe's pid file lives in $TMPDIR: one per pod
@@ -148,29 +145,6 @@ class KServePod:
             time.sleep(0.5)
         raise TimeoutError(f"pod not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
-    def log_tail(self, lines: int = 40) -> str:
-        return log_tail(self.log_dir, ("console.log", "ts_log.log", "model_log.log"), lines)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None:
-            return
-        stop_group(self.process, timeout)
-        self.process.wait(timeout=5)
-        self.process = None
-        if os.environ.get("MMSENT_KEEP_SERVER_LOGS") != "1":
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> KServePod:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def overridden_keys(environment: Mapping[str, str]) -> set[str]:
     """The config keys a pod environment overrides (``TS_FOO_BAR`` -> ``foo_bar``)."""
@@ -198,6 +172,8 @@ def gateway_command(pod: KServePod, http_port: int, grpc_port: int,
 class KServeGatewayPod(KServePod):
     """The pod as it now runs: TorchServe from the bundle (as :class:`KServePod`), then our
     gateway in front of it. ``http_url`` / ``grpc_target`` are where KServe would route."""
+
+    LOGS = (*KServePod.LOGS, "gateway.log")
 
     def __init__(self, bundle: str | Path, ports: Ports | None = None,
                  response_timeout: int = 120) -> None:  # fmt: skip
@@ -256,17 +232,6 @@ class KServeGatewayPod(KServePod):
                 self.gateway.wait(timeout=10)
         self.gateway = None
 
-    def log_tail(self, lines: int = 40) -> str:
-        tail = super().log_tail(lines)
-        path = self.log_dir / "gateway.log"
-        if path.exists():
-            text = path.read_text(errors="replace").splitlines()[-lines:]
-            tail += "\n--- gateway.log\n" + "\n".join(text)
-        return tail
-
     def stop(self, timeout: float = 30.0) -> None:
         self.stop_gateway()
         super().stop(timeout)
-
-    def __enter__(self) -> KServeGatewayPod:
-        return self.start()

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import requests
 
@@ -102,7 +103,47 @@ def describe_workers(
         return None
 
 
-class TorchServe:
+class ServerProcess:
+    """What every TorchServe this harness starts shares: a workdir with ``logs/``, one process
+    group, ``stop()`` that ends the whole group, ``with``-support. Subclasses set ``process``
+    in ``start()`` and name their logs in ``LOGS``."""
+
+    LOGS: tuple[str, ...] = ("console.log", "model_log.log", "ts_log.log")
+    workdir: Path
+    process: subprocess.Popen[bytes] | None
+    _own_workdir: bool = True
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    def start(self, timeout: float = 240.0) -> ServerProcess:
+        raise NotImplementedError
+
+    def log_tail(self, lines: int = 60) -> str:
+        return log_tail(self.log_dir, self.LOGS, lines)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Terminate the whole process group (launcher, Java frontend, Python workers)."""
+        if self.process is None:
+            return
+        stop_group(self.process, timeout)
+        self.process.wait(timeout=5)
+        self.process = None
+        if self._own_workdir and os.environ.get("MMSENT_KEEP_SERVER_LOGS") != "1":
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class TorchServe(ServerProcess):
     """A TorchServe process serving ``models`` ({name: mar file}) from ``model_store``."""
 
     def __init__(
@@ -145,10 +186,6 @@ class TorchServe:
     @property
     def grpc_management_target(self) -> str:
         return f"127.0.0.1:{self.ports.grpc_management}"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.workdir / "logs"
 
     @property
     def config_path(self) -> Path:
@@ -216,28 +253,6 @@ class TorchServe:
         if workers is None:
             raise RuntimeError(f"could not describe model {model}")
         return [int(w["pid"]) for w in workers if w.get("pid")]
-
-    def log_tail(self, lines: int = 60) -> str:
-        return log_tail(self.log_dir, ("console.log", "model_log.log", "ts_log.log"), lines)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Terminate the whole process group (launcher, Java frontend, Python workers)."""
-        if self.process is None:
-            return
-        stop_group(self.process, timeout)
-        self.process.wait(timeout=5)
-        self.process = None
-        if self._own_workdir and os.environ.get("MMSENT_KEEP_SERVER_LOGS") != "1":
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> TorchServe:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def group_alive(pgid: int) -> bool:
