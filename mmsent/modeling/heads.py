@@ -43,12 +43,23 @@ class FusionHead(nn.Module):
         has_text: Tensor,
         has_image: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Project both modalities, then let the strategy fuse them into (logits, contributions).
+        """Project both modalities, then let the strategy fuse them into (logits, contributions)."""
+        return self.fuse_tokens(
+            text_tokens, text_mask, self.image_proj(image_tokens), has_text, has_image
+        )
 
-        ``tmask`` is the text token mask with whole rows zeroed where the text is absent.
-        """
+    def fuse_tokens(
+        self,
+        text_tokens: Tensor,
+        text_mask: Tensor,
+        i: Tensor,
+        has_text: Tensor,
+        has_image: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Project the text, build the masks, and fuse with image tokens ``i`` (already in the
+        fusion width). ``tmask`` is the text token mask with whole rows zeroed where the text is
+        absent."""
         t = self.text_proj(text_tokens)
-        i = self.image_proj(image_tokens)
         # type_as, not .to(t.dtype): tracing would freeze t's dtype as a constant (float32) and
         # break half precision; type_as reads the dtype at run time (see portable_graph.py).
         has_text, has_image = has_text.type_as(t), has_image.type_as(t)
@@ -133,11 +144,8 @@ class AttentionFusion(FusionHead):
         has_image: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """Fusion on given image-classifier logits (B, K): training passes out-of-fold ones."""
-        t = self.text_proj(text_tokens)
         i = self.evidence_proj(torch.log_softmax(image_logits, dim=-1)).unsqueeze(1)
-        has_text, has_image = has_text.type_as(t), has_image.type_as(t)
-        tmask = text_mask.type_as(t) * has_text.unsqueeze(1)
-        return self.fuse(t, i, tmask, has_text, has_image)
+        return self.fuse_tokens(text_tokens, text_mask, i, has_text, has_image)
 
     def fuse(
         self, t: Tensor, i: Tensor, tmask: Tensor, has_text: Tensor, has_image: Tensor
