@@ -47,6 +47,18 @@ MAX_MESSAGE_BYTES = 20 * 1024 * 1024
 RESIZE_RATIO = 8 / 7
 
 
+def read_properties(text: str) -> dict[str, str]:
+    """``key=value`` lines of a Java properties text such as TorchServe's config.properties
+    (``#`` / ``!`` comment lines skipped, keys and values stripped, values kept raw). The
+    project's configs use nothing fancier (no line continuations, no ``:`` separators)."""
+    pairs = (
+        line.split("=", 1)
+        for line in text.splitlines()
+        if "=" in line and not line.lstrip().startswith(("#", "!"))
+    )
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
 def resize_for(image_size: int) -> int:
     """The resize size that goes with ``image_size`` (224 -> 256, 64 -> 73)."""
     return round(image_size * RESIZE_RATIO)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import requests
 
+from mmsent.config import read_properties
 from mmsent.harness.torchserve import Ports, ServerProcess, free_port, group_alive
 from mmsent.packaging.kserve import (
     CONFIG_REL,
@@ -40,7 +41,6 @@ from mmsent.packaging.kserve import (
     RUNTIME_ARGS,
     TS_ADDRESSES,
     gateway_args,
-    read_properties,
 )
 
 PATH_KEYS = ("metrics_config",)  # keys naming files under /mnt/models that TorchServe opens

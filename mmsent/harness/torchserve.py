@@ -26,7 +26,7 @@ from typing import Self
 import requests
 
 from mmsent.clients.auth import KEY_FILE, bearer
-from mmsent.config import DEFAULT_PORTS
+from mmsent.config import DEFAULT_PORTS, read_properties
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 BASE_CONFIG = ROOT / "config.properties"
@@ -74,16 +74,6 @@ def render_config(base: Path, overrides: Mapping[str, str]) -> str:
             out.append(line)
     out.extend(f"{k}={v}" for k, v in pending.items())
     return "\n".join(out) + "\n"
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    """``key=value`` lines of a TorchServe config (comments and blank lines skipped)."""
-    props: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        match = re.match(r"\s*([A-Za-z_.]+)\s*=(.*)$", line)
-        if match and not line.lstrip().startswith("#"):
-            props[match.group(1)] = match.group(2).strip()
-    return props
 
 
 # config keys naming a file: relative to the folder torchserve starts in, which for the
@@ -197,7 +187,7 @@ class TorchServe(ServerProcess):
         tmp.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         props = {**self.ports.as_properties(), "model_store": str(self.model_store)}
-        base = read_properties(self.base_config)
+        base = read_properties(self.base_config.read_text())
         for key in PATH_KEYS:  # this server starts in its own workdir: make them absolute
             if key in base and not Path(base[key]).is_absolute():
                 props[key] = str((self.base_config.parent / base[key]).resolve())

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from mmsent.config import DEFAULT_MODEL_NAME, MAX_MESSAGE_BYTES
+from mmsent.config import DEFAULT_MODEL_NAME, MAX_MESSAGE_BYTES, read_properties
 from mmsent.gateway.defaults import (
     GATEWAY_GRPC_PORT,
     GATEWAY_HTTP_PORT,
@@ -107,13 +107,6 @@ def gateway_args(response_timeout: int) -> list[str]:
 def kfs_image(gpu: bool = False) -> str:
     """The pinned base image: ``pytorch/torchserve-kfs:0.12.0`` (``-gpu`` for CUDA nodes)."""
     return f"{KFS_IMAGE}:{TORCHSERVE_VERSION}{'-gpu' if gpu else ''}"
-
-
-def read_properties(text: str) -> dict[str, str]:
-    """``key=value`` lines of a Java properties text (comments skipped, values kept raw)."""
-    pairs = (line.split("=", 1) for line in text.splitlines()
-             if "=" in line and not line.lstrip().startswith("#"))  # fmt: skip
-    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def snapshot_settings(config: Mapping[str, Any] | str | Path) -> dict[str, int]:

@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import MODEL_NAME, b64, jpeg_bytes
-from mmsent.config import LABELS
+from mmsent.config import LABELS, read_properties
 from mmsent.harness.kserve_pod import PATH_KEYS, KServePod, overridden_keys, pod_command
 from mmsent.packaging.archive import MODEL_CONFIG_YAML
 from mmsent.packaging.kserve import (
@@ -32,7 +32,6 @@ from mmsent.packaging.kserve import (
     STORE_REL,
     TS_ADDRESSES,
     build_bundle,
-    read_properties,
     snapshot_drift,
 )
 

@@ -14,8 +14,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import MODEL_NAME
+from mmsent.config import read_properties
 from mmsent.harness.prometheus import STAGES, parse, scrape, server_window
-from mmsent.harness.torchserve import TorchServe, read_properties
+from mmsent.harness.torchserve import TorchServe
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_YAML = ROOT / "metrics.yaml"
@@ -58,7 +59,7 @@ def test_metrics_yaml_keeps_torchserves_own_request_counters() -> None:
 
 @pytest.mark.parametrize("name", ["config.properties", "config.production.properties"])
 def test_configs_serve_prometheus_from_metrics_yaml(name: str) -> None:
-    props = read_properties(ROOT / name)
+    props = read_properties((ROOT / name).read_text())
     assert props["metrics_mode"] == "prometheus"
     assert (ROOT / name).parent.joinpath(props["metrics_config"]).resolve() == METRICS_YAML
 

@@ -27,6 +27,7 @@ from conftest import MODEL_NAME
 from mmsent.clients.auth import api_key
 from mmsent.clients.grpc import GrpcClient
 from mmsent.clients.grpc_stubs import inference_pb2, inference_pb2_grpc
+from mmsent.config import read_properties
 from mmsent.harness.torchserve import TorchServe
 from mmsent.packaging.archive import sha256_of
 
@@ -39,14 +40,7 @@ AUTH_REFUSED = "Token Authorization failed"
 
 
 def _properties(path: Path) -> dict[str, str]:
-    """Minimal .properties reader (key=value, # comments); the files use nothing fancier."""
-    props: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
+    return read_properties(path.read_text())
 
 
 @pytest.fixture(scope="module")

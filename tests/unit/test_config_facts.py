@@ -7,15 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from mmsent.config import DEFAULT_PORTS, MAX_MESSAGE_BYTES, RESIZE_RATIO, resize_for
+from mmsent.config import (
+    DEFAULT_PORTS,
+    MAX_MESSAGE_BYTES,
+    RESIZE_RATIO,
+    read_properties,
+    resize_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _properties(name: str) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in (ROOT / name).read_text().splitlines()
-             if "=" in line and not line.lstrip().startswith("#"))  # fmt: skip
-    return {k.strip(): v.strip() for k, v in pairs}
+    return read_properties((ROOT / name).read_text())
 
 
 @pytest.mark.parametrize("name", ["config.properties", "config.production.properties"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmsent.config import MAX_MESSAGE_BYTES
+from mmsent.config import MAX_MESSAGE_BYTES, read_properties
 from mmsent.packaging.archive import MODEL_CONFIG_YAML, sha256_of
 from mmsent.packaging.kserve import (
     CONFIG_REL,
@@ -24,7 +24,6 @@ from mmsent.packaging.kserve import (
     STORE_REL,
     build_bundle,
     default_model_config,
-    read_properties,
     render_config,
     snapshot_drift,
 )
