@@ -134,13 +134,26 @@ def _target_lines(results: dict[str, Any], splits: list[str]) -> list[str]:
     return [*lines, ""]
 
 
-def plot_confusions(results: dict[str, Any], split: str, path: Path) -> Path:
-    """One normalised confusion matrix per fusion model, side by side."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (imported late: plots are optional)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_confusions(results: dict[str, Any], split: str, path: Path) -> Path:
+    """One normalised confusion matrix per fusion model, side by side."""
+    plt = _pyplot()
     labels = results["labels"]
     names = [n for n, e in results["models"].items() if e["role"] == "fusion"]
     fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.2), squeeze=False)
@@ -158,19 +171,12 @@ def plot_confusions(results: dict[str, Any], split: str, path: Path) -> Path:
         ax.set_xlabel("predicted", fontsize=8)
     axes[0][0].set_ylabel("true", fontsize=8)
     fig.suptitle(f"confusion matrices ({split})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=90)
 
 
 def plot_groups(results: dict[str, Any], split: str, path: Path) -> Path:
     """Macro-F1 per modality combination for every model and the chance baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = [(n, m) for n, m in _rows(results, split) if n != "chance: uniform random"]
     groups = [g for g in GROUPS if all(g in m for _, m in rows)]
     width = 0.8 / len(rows)
@@ -184,19 +190,12 @@ def plot_groups(results: dict[str, Any], split: str, path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(f"macro-F1 by modality combination ({split})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=90)
 
 
 def plot_reliability(results: dict[str, Any], split: str, path: Path) -> Path:
     """Reliability diagrams of every fusion model: before and after temperature scaling."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     models = [(n, e) for n, e in results["models"].items()
               if e["role"] == "fusion" and "calibration" in e["splits"][split]["all"]]
     fig, axes = plt.subplots(len(models), 2, figsize=(7, 2.7 * len(models)), squeeze=False)
@@ -218,10 +217,7 @@ def plot_reliability(results: dict[str, Any], split: str, path: Path) -> Path:
     for ax in axes[-1]:
         ax.set_xlabel("top-1 probability (15 equal-width bins)", fontsize=7)
     fig.suptitle(f"reliability on {split}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=80)
 
 
 def write_report(
