@@ -13,12 +13,15 @@ Our own model code avoids these constants at the source (``type_as`` / ``*_like`
 inside transformers and ``torch.nn.functional`` are rewired by :func:`make_portable`: one
 ``prim::device(input_ids)`` and one ``prim::dtype(pixel_values)`` node at the top of the graph
 replace every device constant and every float32 ``dtype=`` constant, so each tensor the model
-creates takes its device and floating dtype from the inputs at run time. :func:`pinned_constants`
-is the check: the export refuses a graph it reports, and the tests run it on the saved file.
+creates takes its device and floating dtype from the inputs at run time; the attention masks'
+fill value ``finfo(float32).min``, which float16 cannot hold, becomes float16's own minimum.
+:func:`pinned_constants` is the check: the export refuses a graph it reports, and the tests run
+it on the saved file.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +33,13 @@ TRACED_FLOAT = 6  # the dtype the model is traced in; the one rewired to the inp
 # Factories whose dtype=None means the global default (float32), not the inputs' precision.
 DEFAULT_FLOAT_FACTORIES = {"aten::zeros", "aten::ones", "aten::empty", "aten::rand", "aten::randn"}
 REWIRED_DTYPES = (FLOAT_SCALAR_TYPES[TRACED_FLOAT], "default (float32)")
+# transformers fills masked attention scores with torch.finfo(float32).min, traced as a float
+# constant. float16 cannot hold it: torch 2.11 on CUDA refused the first fp16 forward ("value
+# cannot be converted to type c10::Half without overflow", measured on an H100), torch 2.14 on
+# CPU silently made it -inf. It is rewired to float16's most negative finite value, finite in
+# float32, bfloat16 and float16 alike; exp() of it is 0 in each, so masked keys still weigh 0.
+HALF_MAX = float(torch.finfo(torch.float16).max)  # 65504.0
+TRACED_FLOAT_MAX = float(torch.finfo(torch.float32).max)
 DEVICE_SOURCE = "input_ids"  # every input lives on the serving device
 DTYPE_SOURCE = "pixel_values"  # the one float input whose dtype is the serving precision
 
@@ -82,6 +92,9 @@ def _pinned_inputs(node: torch._C.Node) -> list[tuple[int, str, str]]:
             and const.i("value") in FLOAT_SCALAR_TYPES
         ):
             found.append((index, "dtype", FLOAT_SCALAR_TYPES[const.i("value")]))
+        elif value.type().kind() == "FloatType" and HALF_MAX < abs(const.f("value")) < math.inf:
+            argument = names[index] if index < len(names) else "value"
+            found.append((index, argument, f"{const.f('value'):.7g} (outside float16)"))
     if node.kind() in DEFAULT_FLOAT_FACTORIES and "dtype" in names:
         index = names.index("dtype")
         if index < node.inputsSize() and node.inputsAt(index).type().kind() == "NoneType":
@@ -95,7 +108,8 @@ def _source(node: torch._C.Node) -> str:
 
 
 def pinned_constants(graph: torch._C.Graph) -> list[PinnedConstant]:
-    """Every device constant, and every floating ``dtype=`` constant, that an op consumes.
+    """Every device constant, every floating ``dtype=`` constant, and every float constant
+    outside float16's finite range (it breaks the fp16 forward; +-inf is fine), that an op consumes.
 
     Run it on an inlined graph (``module.inlined_graph``) or on a frozen module's graph; an
     empty list means the model creates every tensor on its inputs' device and precision.
@@ -113,6 +127,14 @@ def _graph_input(graph: torch._C.Graph, name: str) -> torch._C.Value:
             return value
     names = [v.debugName() for v in graph.inputs()]
     raise ValueError(f"graph has no input named {name!r}: {names}")
+
+
+def _float_constant(graph: torch._C.Graph, before: torch._C.Node, value: float) -> torch._C.Value:
+    const = graph.create("prim::Constant")
+    const.f_("value", value)
+    const.output().setType(torch._C.FloatType.get())
+    const.insertBefore(before)
+    return const.output()
 
 
 def make_portable(module: torch.jit.ScriptModule) -> int:
@@ -139,7 +161,14 @@ def make_portable(module: torch.jit.ScriptModule) -> int:
         for index, argument, value in _pinned_inputs(node):
             if argument == "dtype" and value not in REWIRED_DTYPES:
                 continue
-            node.replaceInput(index, dtype.output() if argument == "dtype" else device.output())
+            if value.endswith("(outside float16)"):
+                fill = _constant(node.inputsAt(index)).f("value")
+                if abs(fill) != TRACED_FLOAT_MAX:
+                    continue  # not the mask-fill idiom: left for pinned_constants to report
+                node.replaceInput(index, _float_constant(graph, first, HALF_MAX if fill > 0
+                                                         else -HALF_MAX))  # fmt: skip
+            else:
+                node.replaceInput(index, dtype.output() if argument == "dtype" else device.output())
             rewired += 1
     torch._C._jit_pass_dce(graph)  # drop the now-unused constants
     torch._C._jit_pass_lint(graph)

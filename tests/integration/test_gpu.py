@@ -160,3 +160,20 @@ def test_server_uses_each_assigned_gpu(tmp_path: Path, tiny_build: tuple[Path, P
         devices = _worker_devices(ts)
     assert devices and all(dev == f"cuda:{gid}" for gid, dev in devices), devices
     assert {dev for _, dev in devices} == {f"cuda:{i}" for i in ids}
+
+
+@gpu
+@pytest.mark.server
+def test_shipped_gpu_config_serves_on_this_host(tmp_path: Path) -> None:
+    """handlers/model-config.gpu.yaml exactly as shipped, on whatever GPUs this host has: every
+    worker loads on a GPU that exists and answers (a deviceIds entry past the host's last GPU
+    must never leave a worker crash-looping)."""
+    _build(tmp_path / "store", GPU_MODEL_CONFIG)
+    with TorchServe(tmp_path / "store", {MODEL_NAME: f"{MODEL_NAME}.mar"}) as ts:
+        for _ in range(4):
+            resp = requests.post(f"{ts.inference_url}/predictions/{MODEL_NAME}",
+                                 json={"text": "a fine day"}, timeout=60)  # fmt: skip
+            assert resp.status_code == 200, resp.text
+        devices = _worker_devices(ts)
+    existing = {f"cuda:{i}" for i in range(torch.cuda.device_count())}
+    assert devices and {dev for _, dev in devices} <= existing, devices

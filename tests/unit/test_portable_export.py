@@ -103,6 +103,51 @@ def test_checker_sees_pinned_constants_and_the_pass_rewires_them_to_the_inputs()
     assert half.dtype == torch.bfloat16
 
 
+class _MaskFill(torch.nn.Module):
+    """transformers' idiom: masked scores filled with finfo(float32).min, traced as a constant."""
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        scores = pixel_values.unsqueeze(1) * pixel_values.unsqueeze(2)
+        scores = scores.masked_fill(input_ids.unsqueeze(1) == 0, torch.finfo(torch.float32).min)
+        return scores.softmax(-1)
+
+
+class _OddConstant(torch.nn.Module):
+    """A float constant float16 cannot hold that is *not* the mask idiom: reported, not rewired."""
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        return pixel_values.clamp(max=1e6) + input_ids
+
+
+def test_mask_fill_outside_float16_is_rewired_to_float16_minimum() -> None:
+    """The fp16 forward on CUDA refused finfo(float32).min ("cannot be converted to type
+    c10::Half without overflow"); the checker sees such a constant and the pass replaces it."""
+    ids = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    pixels = torch.rand(2, 3)
+    traced = torch.jit.trace(_MaskFill(), (ids, pixels))
+    before = pinned_constants(traced.inlined_graph)
+    assert any(p.value.endswith("(outside float16)") for p in before), before
+    assert make_portable(traced) >= 1
+    buffer = io.BytesIO()  # a traced module keeps its cached plan: run the saved file
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    portable = torch.jit.load(buffer)
+    assert pinned_constants(portable.inlined_graph) == []
+    fills = [n.f("value") for n in portable.inlined_graph.nodes()
+             if n.kind() == "prim::Constant" and n.output().type().kind() == "FloatType"]
+    assert -float(torch.finfo(torch.float16).max) in fills
+    torch.testing.assert_close(portable(ids, pixels), _MaskFill()(ids, pixels))
+    with pytest.raises(RuntimeError, match="without overflow"):
+        _MaskFill()(ids, pixels.half())  # what the traced constant did on the GPU
+    half = portable(ids, pixels.half())
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    assert half[1, :, 1:].abs().max() == 0  # masked keys still weigh exactly nothing
+
+    odd = torch.jit.trace(_OddConstant(), (ids, pixels))
+    make_portable(odd)
+    assert [p.value for p in pinned_constants(odd.inlined_graph)] == ["1000000 (outside float16)"]
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_runs_the_exported_graph_on_cpu(
     tiny_exports: dict[str, Path], precision: str
