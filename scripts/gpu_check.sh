@@ -6,7 +6,7 @@
 #   bash scripts/gpu_check.sh all [OUT]     # both (default)
 #
 # CI has no GPU: there every `gpu` test skips. Run this on a GPU host and record the GPU's name
-# (OUT/gpu.csv) with the numbers; docs/GPU.md says what was verified on which GPU.
+# (OUT/gpu.csv) with the numbers; README.md, section "GPU", says what was verified on which GPU.
 # PYTHON picks the interpreter (default: .venv/bin/python, else python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,9 @@ if [ "$STAGE" = tests ] || [ "$STAGE" = all ]; then
   "$PY" -m pytest -m gpu -rA -p no:cacheprovider tests/integration/test_gpu.py \
     tests/unit/test_onnx_export.py tests/unit/test_portable_export.py tests/unit/test_handler.py \
     --junitxml "$OUT/pytest-gpu.xml" 2>&1 | tee "$OUT/pytest-gpu.log" || rc=1
+  if grep -q "<skipped" "$OUT/pytest-gpu.xml" 2>/dev/null; then
+    echo "gpu_check: some gpu tests skipped on a GPU host (see $OUT/pytest-gpu.log)" >&2; rc=1
+  fi
 fi
 if [ "$STAGE" = bench ] || [ "$STAGE" = all ]; then
   "$PY" scripts/benchmark.py --device cuda --out "$OUT/benchmark" ${BENCH_ARGS:-} 2>&1 \
