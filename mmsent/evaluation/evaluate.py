@@ -102,8 +102,12 @@ def _config_summary(cfg: ModelConfig) -> dict[str, Any]:
 def evaluate_models(
     manifest: str | Path, models: Sequence[ModelSpec], splits: Sequence[str],
     cache_dir: str | Path | None = None, train_split: str = "train", num_threads: int = 2,
+    probs_out: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """Score every model on every split; returns the full result tree (JSON-serialisable)."""
+    """Score every model on every split; returns the full result tree (JSON-serialisable).
+
+    ``probs_out``, when given, receives the served probabilities: ``[model name][split]``.
+    """
 
     torch.set_num_threads(num_threads)
     manifest = Path(manifest)
@@ -130,6 +134,8 @@ def evaluate_models(
             metrics = grouped_metrics(examples[split], pred, cfg.labels)
             y = data[split].labels
             raw, served = logits.softmax(-1), (logits / cfg.temperature).softmax(-1)
+            if probs_out is not None:
+                probs_out.setdefault(spec.name, {})[split] = served
             for g in metrics:  # ECE of the served (temperature-scaled) probabilities per group
                 rows = [i for i, e in enumerate(examples[split]) if g in example_group(e)]
                 metrics[g]["ece"] = calibration(served[rows], y[rows])["ece"]
@@ -176,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                              "through the serving pipeline on N raw examples of the first split")
     parser.add_argument("--docs", default=None,
                         help="also copy report.md and the test-split PNGs here (e.g. docs/eval)")
+    parser.add_argument("--frontier", action="store_true",
+                        help="also plot congruent vs incongruent accuracy per split "
+                             "(frontier_<split>.png, every split copied to --docs), with the "
+                             "sweep mixing the text-only baseline into the first --model")
     args = parser.parse_args(argv)
 
     def parse(items: list[str], role: str) -> list[ModelSpec]:
@@ -191,13 +201,25 @@ def main(argv: list[str] | None = None) -> int:
     if not specs:
         parser.error("give at least one --model or --baseline")
     started = time.time()
-    results = evaluate_models(args.manifest, specs, args.splits, args.cache_dir, args.train_split)
+    probs: dict[str, dict[str, torch.Tensor]] = {}
+    results = evaluate_models(args.manifest, specs, args.splits, args.cache_dir, args.train_split,
+                              probs_out=probs)
     command = "python scripts/evaluate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     agreement = None
     if args.export_agreement and args.model:
         agreement = export_agreement(args.manifest, specs[0].path, args.splits[0],
                                      args.export_agreement)
+    if args.frontier:
+        from mmsent.evaluation.frontier import frontier_sweeps
+
+        results["frontier"] = frontier_sweeps(results, probs, args.manifest, args.splits,
+                                              cache_dir=args.cache_dir,
+                                              train_split=args.train_split)
     paths = write_report(results, args.out, command, agreement)
+    if args.frontier:
+        from mmsent.evaluation.frontier import plot_frontiers
+
+        paths.update(plot_frontiers(results, Path(args.out)))
     if args.docs:
         docs = Path(args.docs)
         docs.mkdir(parents=True, exist_ok=True)
@@ -205,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         for key in (f"confusion_{args.splits[0]}", f"groups_{args.splits[0]}",
                     f"reliability_{args.splits[0]}"):
             if key in paths:
+                shutil.copy(paths[key], docs / paths[key].name)
+        for key in paths:
+            if key.startswith("frontier_"):
                 shutil.copy(paths[key], docs / paths[key].name)
     print(paths["markdown"].read_text())
     print(f"evaluated {len(specs)} models in {time.time() - started:.0f} s -> {args.out}")

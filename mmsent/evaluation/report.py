@@ -59,6 +59,7 @@ def markdown_report(results: dict[str, Any], command: str | None = None) -> str:
                     _fmt(metrics[g][metric]) if g in metrics else "–" for g in groups) + " |")
             lines.append("")
     lines += _target_lines(results, splits)
+    lines += _bound_lines(results, splits)
     lines += ["## Calibration and class balance", "",
               "ECE: 15 equal-width bins of the top-1 probability; *before* = softmax(logits), "
               "*after* = softmax(logits / T) with the temperature T the checkpoint ships "
@@ -111,6 +112,31 @@ def markdown_report(results: dict[str, Any], command: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def _bound_lines(results: dict[str, Any], splits: list[str]) -> list[str]:
+    """The readers' bound (mmsent.evaluation.reader_bound) against the congruent target."""
+    bounds = (results.get("frontier") or {}).get("bound") or {}
+    rows = [(s, bounds[s]) for s in splits if bounds.get(s, {}).get("summary")]
+    if not rows:
+        return []
+    name = results["frontier"]["b"]
+    lines = [f"## Congruent vs incongruent: what `{name}`'s two readers allow", "",
+             "Every rule-aware combination of its text reading and its image evidence (label "
+             "rule, training pair prior, trust in each reader and a lean towards agreement "
+             "swept; `mmsent/evaluation/reader_bound.py`). Target: congruent >= the text-only "
+             "head, incongruent >= the best single-modality head.", "",
+             "| split | image polarity AUC | target (congruent, incongruent) | settings in target "
+             "| best incongruent at target congruent | best congruent at target incongruent |",
+             "|---|---|---|---|---|---|"]
+    for split, b in rows:
+        m = b["summary"]
+        lines.append(
+            f"| {split} | {b['polarity_auc']:.3f} | {_fmt(m['target'][0])}, "
+            f"{_fmt(m['target'][1])} | {m['in_target']} of {m['settings']} | "
+            f"{_fmt(m['best_incongruent_at_target_congruent'])} | "
+            f"{_fmt(m['best_congruent_at_target_incongruent'])} |")
+    return [*lines, ""]
+
+
 def _target_lines(results: dict[str, Any], splits: list[str]) -> list[str]:
     """The first fusion model vs the best single-modality baseline on every slice."""
     models = results["models"]
@@ -134,7 +160,7 @@ def _target_lines(results: dict[str, Any], splits: list[str]) -> list[str]:
     return [*lines, ""]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """matplotlib's pyplot on the file-only Agg backend (imported late: plots are optional)."""
     import matplotlib
 
@@ -144,7 +170,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
+def save_figure(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
@@ -153,7 +179,7 @@ def _save(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
 
 def plot_confusions(results: dict[str, Any], split: str, path: Path) -> Path:
     """One normalised confusion matrix per fusion model, side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = results["labels"]
     names = [n for n, e in results["models"].items() if e["role"] == "fusion"]
     fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.2), squeeze=False)
@@ -171,12 +197,12 @@ def plot_confusions(results: dict[str, Any], split: str, path: Path) -> Path:
         ax.set_xlabel("predicted", fontsize=8)
     axes[0][0].set_ylabel("true", fontsize=8)
     fig.suptitle(f"confusion matrices ({split})", fontsize=9)
-    return _save(plt, fig, path, dpi=90)
+    return save_figure(plt, fig, path, dpi=90)
 
 
 def plot_groups(results: dict[str, Any], split: str, path: Path) -> Path:
     """Macro-F1 per modality combination for every model and the chance baseline."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [(n, m) for n, m in _rows(results, split) if n != "chance: uniform random"]
     groups = [g for g in GROUPS if all(g in m for _, m in rows)]
     width = 0.8 / len(rows)
@@ -190,12 +216,12 @@ def plot_groups(results: dict[str, Any], split: str, path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(f"macro-F1 by modality combination ({split})", fontsize=9)
-    return _save(plt, fig, path, dpi=90)
+    return save_figure(plt, fig, path, dpi=90)
 
 
 def plot_reliability(results: dict[str, Any], split: str, path: Path) -> Path:
     """Reliability diagrams of every fusion model: before and after temperature scaling."""
-    plt = _pyplot()
+    plt = pyplot()
     models = [(n, e) for n, e in results["models"].items()
               if e["role"] == "fusion" and "calibration" in e["splits"][split]["all"]]
     fig, axes = plt.subplots(len(models), 2, figsize=(7, 2.7 * len(models)), squeeze=False)
@@ -217,7 +243,7 @@ def plot_reliability(results: dict[str, Any], split: str, path: Path) -> Path:
     for ax in axes[-1]:
         ax.set_xlabel("top-1 probability (15 equal-width bins)", fontsize=7)
     fig.suptitle(f"reliability on {split}", fontsize=9)
-    return _save(plt, fig, path, dpi=80)
+    return save_figure(plt, fig, path, dpi=80)
 
 
 def write_report(
