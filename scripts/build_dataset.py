@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="held-out style PNGs; the test_emojify split is skipped if missing")
     bench.add_argument("--scale", type=float, default=1.0,
                        help="multiply every example/image count (e.g. 0.1 for a quick build)")
+    bench.add_argument("--augment-train", action="store_true",
+                       help="stronger jitter (brightness/contrast/saturation, scale, rotation, "
+                            "blur, JPEG quality) on the training renders only")
     mvsa = sub.add_parser("mvsa", help="MVSA-Single / MVSA-Multiple folder -> manifest")
     mvsa.add_argument("--root", type=Path, required=True)
     mvsa.add_argument("--kind", choices=("auto", "single", "multiple"), default="auto")
@@ -43,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.time()
     if args.command in ("emoji-tweets", "benchmark"):
-        spec = DatasetSpec(seed=args.seed)
+        spec = DatasetSpec(seed=args.seed, augment_train=args.augment_train)
         if args.scale != 1.0:
             spec = DatasetSpec(
-                seed=args.seed,
+                seed=args.seed, augment_train=args.augment_train,
                 examples={k: max(30, int(v * args.scale)) for k, v in spec.examples.items()},
                 images={k: max(15, int(v * args.scale)) for k, v in spec.images.items()},
             )

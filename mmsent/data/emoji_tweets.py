@@ -32,7 +32,7 @@ from tqdm import tqdm
 from mmsent.config import LABELS
 from mmsent.data.labels import fuse_labels, pair_type
 from mmsent.data.manifest import Example, write_manifest
-from mmsent.data.render import GlyphSource, render_scene
+from mmsent.data.render import Augment, GlyphSource, jpeg_bytes, render_scene
 from mmsent.data.sources import (
     EmojiLabelRule,
     Tweet,
@@ -81,6 +81,9 @@ class DatasetSpec:
     min_tweet_confidence: float = 0.6
     emoji_rule: EmojiLabelRule = field(default_factory=EmojiLabelRule)
     max_tweets_per_label: int | None = None  # tests build from a small subset
+    # stronger jitter (mmsent.data.render.Augment) for the *training* renders only; val/test
+    # images, and every example's pairing, are byte-identical with and without it
+    augment_train: bool = False
 
 
 def _split_by_label(
@@ -145,7 +148,7 @@ def _pair_labels(kind: str, rng: random.Random) -> tuple[str, str]:
 
 def _render_pool(
     split: str, count: int, emoji: dict[str, list[str]], glyphs: GlyphSource, out_dir: Path,
-    seed: int,
+    seed: int, augment: Augment | None = None,
 ) -> dict[str, list[tuple[str, list[str]]]]:
     """Render ``count`` images (balanced over labels) -> label -> [(relative path, emoji)]."""
     pool: dict[str, list[tuple[str, list[str]]]] = {label: [] for label in LABELS}
@@ -157,9 +160,9 @@ def _render_pool(
         label = labels[index % len(labels)]
         n = rng.choices((1, 2, 3), weights=(0.6, 0.25, 0.15))[0]
         chars = [rng.choice(emoji[label]) for _ in range(n)]
-        img = render_scene([glyphs.glyph(c) for c in chars], rng)  # type: ignore[misc]
+        img = render_scene([glyphs.glyph(c) for c in chars], rng, augment)  # type: ignore[misc]
         rel = f"images/{split}/{index:05d}.jpg"
-        img.save(out_dir / rel, "JPEG", quality=90)
+        (out_dir / rel).write_bytes(jpeg_bytes(img, rng, augment))
         pool[label].append((rel, chars))
     return pool
 
@@ -224,8 +227,9 @@ def build_emoji_tweets(
             continue
         source = held_out_style if split == "test_emojify" else glyphs
         assert source is not None
+        augment = Augment() if spec.augment_train and split == "train" else None
         pool = _render_pool(
-            split, spec.images[split], emoji_by_split[split], source, out_dir, spec.seed
+            split, spec.images[split], emoji_by_split[split], source, out_dir, spec.seed, augment
         )
         tweet_cycler = _Cycler(
             {label: [t for t in tweet_splits[split] if t.label == label] for label in LABELS}, rng

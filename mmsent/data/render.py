@@ -14,13 +14,15 @@ Everything is driven by an explicit ``random.Random`` so a build is reproducible
 from __future__ import annotations
 
 import colorsys
+import io
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
 NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 EMOJIFY_DIR = Path("/usr/share/javascript/emojify.js/images/emoji")
@@ -127,11 +129,49 @@ def _background(rng: random.Random, size: tuple[int, int]) -> Image.Image:
     return img
 
 
-def render_scene(glyphs: Sequence[Image.Image], rng: random.Random) -> Image.Image:
+@dataclass(frozen=True)
+class Augment:
+    """Stronger, opt-in photometric/geometric augmentation of training renders.
+
+    Hue is never changed (an emoji's colour can carry its meaning: red face vs yellow face);
+    each glyph's brightness, contrast and saturation are jittered by up to +-``jitter``, the
+    glyph side is multiplied by ``scale``, the scene is blurred with probability ``blur``
+    (radius 0.4-1.6 px) and saved as JPEG with a quality drawn from ``jpeg_quality``.
+    """
+
+    jitter: float = 0.3
+    scale: tuple[float, float] = (0.7, 1.4)
+    rotate: float = 25.0
+    blur: float = 0.3
+    jpeg_quality: tuple[int, int] = (35, 95)
+
+
+def jpeg_bytes(img: Image.Image, rng: random.Random, augment: Augment | None) -> bytes:
+    """The JPEG bytes of a render: quality 90, or a random quality under ``augment``."""
+    quality = rng.randint(*augment.jpeg_quality) if augment is not None else 90
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _jitter(glyph: Image.Image, rng: random.Random, amount: float) -> Image.Image:
+    alpha = glyph.getchannel("A")
+    rgb = glyph.convert("RGB")
+    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        rgb = enhancer(rgb).enhance(rng.uniform(1 - amount, 1 + amount))
+    rgb.putalpha(alpha)
+    return rgb
+
+
+def render_scene(
+    glyphs: Sequence[Image.Image], rng: random.Random, augment: Augment | None = None
+) -> Image.Image:
     """Paste 1-3 glyphs, scaled, slightly rotated, at random places onto a random background.
 
     The canvas is 256-320 px per side and glyphs stay inside the central 80 % of the short side,
     so the serving crop (short side -> resize_size, centre ``image_size``) never cuts them away.
+    ``augment`` (training renders only) adds :class:`Augment`'s jitter; without it the random
+    draws, and so the pictures, are exactly those of the plain recipe.
     """
     width, height = rng.randint(256, 320), rng.randint(256, 320)
     img = _background(rng, (width, height))
@@ -142,13 +182,19 @@ def render_scene(glyphs: Sequence[Image.Image], rng: random.Random) -> Image.Ima
     fraction = (0.4, 0.65) if n == 1 else (0.28, 0.42) if n == 2 else (0.22, 0.34)
     for glyph in glyphs:
         side = int(short * rng.uniform(*fraction))
+        if augment is not None:
+            side = min(box, int(side * rng.uniform(*augment.scale)))
+            glyph = _jitter(glyph, rng, augment.jitter)
         scale = side / max(glyph.size)
         g = glyph.resize(
             (max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))),
             Image.Resampling.LANCZOS,
         )
-        g = g.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BICUBIC, expand=True)
+        angle = augment.rotate if augment is not None else 15
+        g = g.rotate(rng.uniform(-angle, angle), resample=Image.Resampling.BICUBIC, expand=True)
         gx = x0 + rng.randint(0, max(0, box - g.width))
         gy = y0 + rng.randint(0, max(0, box - g.height))
         img.paste(g, (gx, gy), g)
+    if augment is not None and rng.random() < augment.blur:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.6)))
     return img

@@ -203,6 +203,24 @@ def test_benchmark_build_is_deterministic_and_held_out(tmp_path: Path) -> None:
     assert info["spec"]["seed"] == 3 and info["held_out_style"] == "outline"
 
 
+def test_augmented_training_renders_change_nothing_else(tmp_path: Path) -> None:
+    """--augment-train jitters the training pictures only: every other split's image bytes and
+    every example (pairing, labels, paths) stay those of the plain build, so models trained
+    with and without it are scored on the very same test set."""
+    build_tiny(tmp_path / "plain", tmp_path)
+    build_tiny(tmp_path / "aug", tmp_path,
+               spec=TINY_SPEC.__class__(**{**TINY_SPEC.__dict__, "augment_train": True}))
+    plain, aug = (read_manifest(tmp_path / d / MANIFEST) for d in ("plain", "aug"))
+    assert [e.__dict__ for e in plain] == [e.__dict__ for e in aug]
+    changed = {split: sum((tmp_path / "plain" / e.image).read_bytes()
+                          != (tmp_path / "aug" / e.image).read_bytes()
+                          for e in {e.image: e for e in plain if e.split == split and e.image
+                                    }.values())
+               for split in TINY_SPEC.examples}  # fmt: skip
+    assert changed["train"] > 0
+    assert all(n == 0 for split, n in changed.items() if split != "train"), changed
+
+
 @pytest.mark.skipif(not NOTO_FONT.exists(), reason="needs fonts-noto-color-emoji (apt)")
 def test_noto_glyphs_render_colour_emoji() -> None:
     glyphs = NotoGlyphs()
