@@ -28,7 +28,12 @@ from mmsent.data.labels import pair_type
 from mmsent.data.manifest import Example, read_manifest
 from mmsent.evaluation.export_agreement import export_agreement
 from mmsent.evaluation.groups import GROUPS
-from mmsent.evaluation.metrics import calibration, classification_metrics, recall_gap
+from mmsent.evaluation.metrics import (
+    calibration,
+    classification_metrics,
+    paired_bootstrap_diff,
+    recall_gap,
+)
 from mmsent.evaluation.report import write_report
 from mmsent.modeling.checkpoint import load_checkpoint
 from mmsent.training.features import load_data, predict_logits
@@ -116,6 +121,7 @@ def evaluate_models(
     examples = {s: read_manifest(manifest, split=s) for s in splits}
     train_examples = read_manifest(manifest, split=train_split)
     labels: tuple[str, ...] | None = None
+    predictions: dict[str, dict[str, list[int]]] = {}
     for spec in models:
         started = time.time()
         model, cfg, extra = load_checkpoint(spec.path)
@@ -128,9 +134,11 @@ def evaluate_models(
             "config": _config_summary(cfg), "val_at_save": extra.get("val"),
             "epoch": extra.get("epoch"), "temperature": cfg.temperature, "splits": {},
         }
+        preds: dict[str, list[int]] = {}
         for split in splits:
             logits, parts = predict_logits(model, data[split])
             pred = logits.argmax(-1).tolist()
+            preds[split] = pred
             metrics = grouped_metrics(examples[split], pred, cfg.labels)
             y = data[split].labels
             raw, served = logits.softmax(-1), (logits / cfg.temperature).softmax(-1)
@@ -151,14 +159,42 @@ def evaluate_models(
             entry["splits"][split] = metrics
         entry["eval_s"] = time.time() - started
         results["models"][spec.name] = entry
+        predictions[spec.name] = preds
     assert labels is not None, "no models given"
     results["labels"] = list(labels)
+    results["comparisons"] = slice_comparisons(results, examples, predictions)
     for split in splits:
         results["splits"][split] = {
             "n": len(examples[split]),
             "chance": chance_baselines(train_examples, examples[split], labels),
         }
     return results
+
+
+def slice_comparisons(
+    results: dict[str, Any], examples: dict[str, list[Example]],
+    predictions: dict[str, dict[str, list[int]]],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The first fusion model minus the best single-modality baseline on every slice of every
+    split, with a paired bootstrap 95 % interval (``[split][group]``; empty without both)."""
+    models = results["models"]
+    first = next((n for n, e in models.items() if e["role"] == "fusion"), None)
+    baselines = [n for n, e in models.items() if e["role"] == "baseline"]
+    if first is None or not baselines:
+        return {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for split, items in examples.items():
+        truth = [results["labels"].index(e.label) for e in items]
+        out[split] = {}
+        for g in GROUPS[1:]:
+            rows = [i for i, e in enumerate(items) if g in example_group(e)]
+            if not rows:
+                continue
+            best = max(baselines, key=lambda b: models[b]["splits"][split][g]["accuracy"])
+            right = {n: [predictions[n][split][i] == truth[i] for i in rows] for n in (first, best)}
+            out[split][g] = {"model": first, "baseline": best,
+                             **paired_bootstrap_diff(right[first], right[best])}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

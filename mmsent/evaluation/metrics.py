@@ -102,3 +102,30 @@ def recall_gap(metrics: dict[str, Any]) -> float:
     """Largest minus smallest per-class recall (classes with support only)."""
     recalls = [c["recall"] for c in metrics["per_class"].values() if c["support"]]
     return max(recalls) - min(recalls)
+
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def paired_bootstrap_diff(
+    correct_a: Tensor | Sequence[bool], correct_b: Tensor | Sequence[bool],
+    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = 0.95,
+) -> dict[str, float]:
+    """Accuracy of model a minus model b on the same examples, with a paired bootstrap interval.
+
+    Both models are scored on every resample of the examples, so what they share (the hard
+    examples) cancels: on a 600-example slice two independent accuracies each carry about
+    +-4 points of sampling noise, their paired difference much less where the models agree.
+    Returns ``{"diff", "low", "high"}`` (the central ``level`` interval, as fractions).
+    """
+    a = torch.as_tensor(correct_a, dtype=torch.float32)
+    b = torch.as_tensor(correct_b, dtype=torch.float32)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"need two equal, non-empty 1-d vectors, got {tuple(a.shape)}, "
+                         f"{tuple(b.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, len(a), (resamples, len(a)), generator=gen)
+    diffs = (a - b)[index].mean(1)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(diffs, torch.tensor([tail, 1 - tail])).tolist()
+    return {"diff": (a - b).mean().item(), "low": low, "high": high}

@@ -144,9 +144,12 @@ def _target_lines(results: dict[str, Any], splits: list[str]) -> list[str]:
     baselines = [n for n, e in models.items() if e["role"] == "baseline"]
     if first is None or not baselines:
         return []
+    comparisons = results.get("comparisons") or {}
     lines = [f"## `{first}` vs the best single-modality model, per slice (accuracy)", "",
-             "| split | slice | " + f"{first} | best single-modality | difference |",
-             "|---|---|---|---|---|"]
+             "95 % interval: paired bootstrap over the slice's examples (2,000 resamples); an "
+             "interval that straddles 0 is a tie at this sample size.", "",
+             f"| split | slice | {first} | best single-modality | difference | 95 % interval |",
+             "|---|---|---|---|---|---|"]
     for split in splits:
         mine = models[first]["splits"][split]
         for g in GROUPS[1:]:
@@ -155,8 +158,11 @@ def _target_lines(results: dict[str, Any], splits: list[str]) -> list[str]:
             name = max(baselines, key=lambda b: models[b]["splits"][split][g]["accuracy"])
             best = models[name]["splits"][split][g]["accuracy"]
             diff = 100 * (mine[g]["accuracy"] - best)
+            ci = comparisons.get(split, {}).get(g)
+            interval = (f"{100 * ci['low']:+.1f} .. {100 * ci['high']:+.1f}"
+                        if ci and ci["baseline"] == name else "–")
             lines.append(f"| {split} | {GROUP_TITLES[g]} | {_fmt(mine[g]['accuracy'])} | "
-                         f"{_fmt(best)} ({name}) | {diff:+.1f} |")
+                         f"{_fmt(best)} ({name}) | {diff:+.1f} | {interval} |")
     return [*lines, ""]
 
 

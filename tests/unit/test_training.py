@@ -136,3 +136,10 @@ def test_evaluate_writes_report(tiny_dataset: Path, tmp_path: Path) -> None:
     report = paths["markdown"].read_text()
     assert "| attention |" in report and "chance: majority class" in report
     assert paths["confusion_test"].stat().st_size > 1000
+    # per slice: attention minus the (only) baseline, with a paired interval around it
+    for group, c in metrics["comparisons"]["test"].items():
+        ours = test[group]["accuracy"]
+        theirs = metrics["models"]["text only"]["splits"]["test"][group]["accuracy"]
+        assert c["baseline"] == "text only" and c["diff"] == pytest.approx(ours - theirs)
+        assert c["low"] <= c["diff"] <= c["high"]
+    assert "95 % interval" in report
