@@ -27,6 +27,7 @@ from mmsent.evaluation.reader_bound import (
     evidence_readers,
     pair_prior,
     pareto,
+    perfect_reader,
     polarity_auc,
 )
 from mmsent.evaluation.report import pyplot, save_figure
@@ -152,11 +153,14 @@ def frontier_sweeps(
         labels = results["labels"]
         prior = pair_prior(read_manifest(manifest, split=train_split), labels)
         for split, (text_logp, image_logp, pairs) in readers.items():
+            corner = target_corner(frontier_points(results, split))
             sweep = bound_sweep(text_logp, image_logp, pairs, labels, prior)
+            perfect = bound_sweep(perfect_reader(pairs, labels), image_logp, pairs, labels, prior)
             out["bound"][split] = {
                 "polarity_auc": polarity_auc(image_logp, [e.image_label for e in pairs], labels),
                 "sweep": sweep,
-                "summary": bound_summary(sweep, target_corner(frontier_points(results, split))),
+                "summary": bound_summary(sweep, corner),
+                "perfect_text_summary": bound_summary(perfect, corner),
             }
     return out
 

@@ -111,6 +111,21 @@ def pareto(rows: Sequence[dict[str, Any]], x: str = "congruent", y: str = "incon
     return sorted(best, key=lambda r: r[x])
 
 
+def perfect_reader(
+    examples: Sequence[Example], labels: Sequence[str], sure: float = 0.999
+) -> Tensor:
+    """(N, K) log-probabilities of a text reader that knows every tweet's true label.
+
+    The pairing of tweet and emoji is random given the tweet's label, so nothing in a tweet
+    beyond its label says whether its pair is congruent or ironic: this is the best text reader
+    there can be, and its bound is what the image reader alone allows.
+    """
+    p = torch.full((len(examples), len(labels)), (1 - sure) / (len(labels) - 1))
+    rows = torch.arange(len(examples))
+    p[rows, torch.tensor([labels.index(e.text_label or e.label) for e in examples])] = sure
+    return p.log()
+
+
 def polarity_auc(image_logp: Tensor, image_labels: Sequence[str], labels: Sequence[str]) -> float:
     """ROC AUC of ``logp(positive) - logp(negative)`` separating positive from negative images
     (neutral ones left out): 0.5 is a coin, 1.0 never confuses the poles."""

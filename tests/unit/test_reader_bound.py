@@ -16,6 +16,7 @@ from mmsent.evaluation.reader_bound import (
     bound_sweep,
     pair_prior,
     pareto,
+    perfect_reader,
     polarity_auc,
     rule_posterior,
     rule_tensor,
@@ -91,3 +92,14 @@ def test_polarity_auc() -> None:
     assert polarity_auc(torch.zeros(5, 3), labels, LABELS) == 0.5
     with pytest.raises(ValueError, match="positive and negative"):
         polarity_auc(good, [POS] * 5, LABELS)
+
+
+def test_perfect_text_reader_knows_each_tweet_and_alone_cannot_solve_ironic_pairs() -> None:
+    examples = _pairs()
+    text = perfect_reader(examples, LABELS)
+    assert [LABELS[i] for i in text.argmax(-1)] == [e.text_label for e in examples]
+    assert torch.allclose(text.exp().sum(-1), torch.ones(len(examples)))
+    # with a blind image reader even the perfect text reader trades congruent for ironic pairs
+    rows = bound_sweep(text, torch.full((len(examples), 3), 1 / 3).log(), examples, LABELS,
+                       pair_prior(examples, LABELS))  # fmt: skip
+    assert max(r["congruent"] + r["incongruent"] for r in rows) <= 1.0 + 1e-9
