@@ -221,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frontier", action="store_true",
                         help="also plot congruent vs incongruent accuracy per split "
                              "(frontier_<split>.png, every split copied to --docs), with the "
-                             "sweep mixing the text-only baseline into the first --model")
+                             "sweep mixing the text-only baseline into the first --model and, "
+                             "for an image-evidence head, the best any rule-aware combination "
+                             "of its two readers reaches (mmsent/evaluation/reader_bound.py)")
     args = parser.parse_args(argv)
 
     def parse(items: list[str], role: str) -> list[ModelSpec]:
