@@ -24,46 +24,17 @@ from typing import Any
 import torch
 
 from mmsent.config import ModelConfig
-from mmsent.data.labels import pair_type
 from mmsent.data.manifest import Example, read_manifest
 from mmsent.evaluation.export_agreement import export_agreement
-from mmsent.evaluation.groups import GROUPS
+from mmsent.evaluation.groups import GROUPS, example_group, grouped_metrics
 from mmsent.evaluation.metrics import (
     calibration,
-    classification_metrics,
     paired_bootstrap_diff,
     recall_gap,
 )
 from mmsent.evaluation.report import write_report
 from mmsent.modeling.checkpoint import load_checkpoint
 from mmsent.training.features import load_data, predict_logits
-
-
-def example_group(example: Example) -> list[str]:
-    """The breakdown groups an example belongs to (always includes "all")."""
-    groups = ["all"]
-    if example.has_text and example.has_image:
-        groups.append("both")
-        if example.text_label and example.image_label:
-            groups.append(pair_type(example.text_label, example.image_label))
-    else:
-        groups.append("text_only" if example.has_text else "image_only")
-    return groups
-
-
-def grouped_metrics(
-    examples: Sequence[Example], y_pred: Sequence[int], labels: Sequence[str]
-) -> dict[str, dict[str, Any]]:
-    """Metrics per group of :data:`GROUPS` (groups without examples are left out)."""
-    y_true = [labels.index(e.label) for e in examples]
-    members: dict[str, list[int]] = {g: [] for g in GROUPS}
-    for i, example in enumerate(examples):
-        for g in example_group(example):
-            members[g].append(i)
-    return {
-        g: classification_metrics([y_true[i] for i in rows], [y_pred[i] for i in rows], labels)
-        for g, rows in members.items() if rows
-    }
 
 
 def chance_baselines(

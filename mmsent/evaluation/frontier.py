@@ -20,8 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from mmsent.data.manifest import Example, read_manifest
-from mmsent.evaluation.evaluate import grouped_metrics
-from mmsent.evaluation.groups import GROUP_TITLES
+from mmsent.evaluation.groups import GROUP_TITLES, grouped_metrics
 from mmsent.evaluation.reader_bound import (
     bound_sweep,
     evidence_readers,

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from mmsent.data.labels import fuse_labels
 from mmsent.data.manifest import Example
-from mmsent.evaluation.evaluate import grouped_metrics
+from mmsent.evaluation.groups import grouped_metrics
 from mmsent.modeling.checkpoint import load_checkpoint
 from mmsent.training.features import load_data, predict_logits
 

@@ -9,13 +9,13 @@ import torch
 
 from mmsent.config import LABELS
 from mmsent.data.manifest import Example
-from mmsent.evaluation.evaluate import grouped_metrics
 from mmsent.evaluation.frontier import (
     frontier_points,
     mixture_sweep,
     plot_frontier,
     target_corner,
 )
+from mmsent.evaluation.groups import grouped_metrics
 
 NEG, NEU, POS = LABELS
 
