@@ -17,7 +17,7 @@ import pytest
 
 from conftest import MODEL_NAME, b64, jpeg_bytes
 from mmsent.clients.grpc_stubs import inference_pb2, inference_pb2_grpc
-from mmsent.harness.drills import kill_drill, overload_drill
+from mmsent.harness.drills import LOST, kill_drill, overload_drill
 from mmsent.harness.torchserve import TorchServe
 
 pytestmark = pytest.mark.server
@@ -39,11 +39,15 @@ def test_sigkilled_worker_is_restarted_and_answers_again(tiny_build: tuple[Path,
         assert result["recovery_s"] < RECOVERY_BOUND_S
         assert result["new_pids"] and result["new_pids"] != [result["killed_pid"]]
         assert ts.ready_workers(MODEL_NAME) == 1
-        # Only the batch in the dead worker fails (507 "Worker died."), at most 4 callers' worth
-        # (measured: exactly 4; 0 is possible if the kill lands between batches); requests queued
-        # meanwhile are kept and served by the new worker.
+        # Only the batch in the dead worker fails, at most 4 callers' worth (measured: exactly 4;
+        # 0 is possible if the kill lands between batches): answered 507 "Worker died.", or, when
+        # the kill lands while TorchServe 0.12 is still collecting that batch, never answered
+        # ("lost": the caller's own timeout; see kill_drill). Requests queued meanwhile are kept
+        # and served by the new worker.
         assert result["failed"] <= 4, result["failed_statuses"]
-        assert set(result["failed_statuses"]) <= {507}, result["failure_messages"]
+        assert set(result["failed_statuses"]) <= {507, LOST}, result["failure_messages"]
+        lost = [m for m in result["failure_messages"] if not m.startswith("{")]
+        assert all("Timeout" in m for m in lost), lost
         assert result["ok_after_recovery"]
 
 
