@@ -32,7 +32,7 @@ from mmsent.evaluation.metrics import (
     paired_bootstrap_diff,
     recall_gap,
 )
-from mmsent.evaluation.report import write_report
+from mmsent.evaluation.report import best_baseline, first_fusion, write_report
 from mmsent.modeling.checkpoint import load_checkpoint
 from mmsent.training.features import load_data, predict_logits
 
@@ -148,10 +148,8 @@ def slice_comparisons(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """The first fusion model minus the best single-modality baseline on every slice of every
     split, with a paired bootstrap 95 % interval (``[split][group]``; empty without both)."""
-    models = results["models"]
-    first = next((n for n, e in models.items() if e["role"] == "fusion"), None)
-    baselines = [n for n, e in models.items() if e["role"] == "baseline"]
-    if first is None or not baselines:
+    first = first_fusion(results)
+    if first is None or not any(e["role"] == "baseline" for e in results["models"].values()):
         return {}
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for split, items in examples.items():
@@ -161,7 +159,7 @@ def slice_comparisons(
             rows = [i for i, e in enumerate(items) if g in example_group(e)]
             if not rows:
                 continue
-            best = max(baselines, key=lambda b: models[b]["splits"][split][g]["accuracy"])
+            best = best_baseline(results, split, g)
             right = {n: [predictions[n][split][i] == truth[i] for i in rows] for n in (first, best)}
             out[split][g] = {"model": first, "baseline": best,
                              **paired_bootstrap_diff(right[first], right[best])}

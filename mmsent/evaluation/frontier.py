@@ -29,7 +29,7 @@ from mmsent.evaluation.reader_bound import (
     perfect_reader,
     polarity_auc,
 )
-from mmsent.evaluation.report import pyplot, save_figure
+from mmsent.evaluation.report import first_fusion, pyplot, save_figure
 
 AXES = ("congruent", "incongruent")  # x, y
 DEFAULT_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))
@@ -128,7 +128,7 @@ def sweep_pair(results: dict[str, Any]) -> tuple[str, str] | None:
     models = results["models"]
     text = next((n for n, e in models.items()
                  if e["role"] == "baseline" and e.get("modalities") == "text"), None)
-    first = next((n for n, e in models.items() if e["role"] == "fusion"), None)
+    first = first_fusion(results)
     return (text, first) if text and first else None
 
 

@@ -142,12 +142,23 @@ def _bound_lines(results: dict[str, Any], splits: list[str]) -> list[str]:
     return [*lines, ""]
 
 
+def first_fusion(results: dict[str, Any]) -> str | None:
+    """The first ``--model``: the one every comparison in the report is about."""
+    return next((n for n, e in results["models"].items() if e["role"] == "fusion"), None)
+
+
+def best_baseline(results: dict[str, Any], split: str, group: str) -> str:
+    """The single-modality baseline with the highest accuracy on one slice of one split."""
+    models = results["models"]
+    baselines = [n for n, e in models.items() if e["role"] == "baseline"]
+    return max(baselines, key=lambda b: models[b]["splits"][split][group]["accuracy"])
+
+
 def _target_lines(results: dict[str, Any], splits: list[str]) -> list[str]:
     """The first fusion model vs the best single-modality baseline on every slice."""
     models = results["models"]
-    first = next((n for n, e in models.items() if e["role"] == "fusion"), None)
-    baselines = [n for n, e in models.items() if e["role"] == "baseline"]
-    if first is None or not baselines:
+    first = first_fusion(results)
+    if first is None or not any(e["role"] == "baseline" for e in models.values()):
         return []
     comparisons = results.get("comparisons") or {}
     lines = [f"## `{first}` vs the best single-modality model, per slice (accuracy)", "",
@@ -160,12 +171,11 @@ def _target_lines(results: dict[str, Any], splits: list[str]) -> list[str]:
         for g in GROUPS[1:]:
             if g not in mine:
                 continue
-            name = max(baselines, key=lambda b: models[b]["splits"][split][g]["accuracy"])
+            name = best_baseline(results, split, g)
             best = models[name]["splits"][split][g]["accuracy"]
             diff = 100 * (mine[g]["accuracy"] - best)
             ci = comparisons.get(split, {}).get(g)
-            interval = (f"{100 * ci['low']:+.1f} .. {100 * ci['high']:+.1f}"
-                        if ci and ci["baseline"] == name else "–")
+            interval = f"{100 * ci['low']:+.1f} .. {100 * ci['high']:+.1f}" if ci else "–"
             lines.append(f"| {split} | {GROUP_TITLES[g]} | {_fmt(mine[g]['accuracy'])} | "
                          f"{_fmt(best)} ({name}) | {diff:+.1f} | {interval} |")
     return [*lines, ""]
