@@ -63,7 +63,7 @@ def default_payload() -> dict[str, Any]:
 LOST = "lost"  # a caller whose request TorchServe never answered (timed out on its side)
 
 
-def _first_probe_ok(url: str, payload: dict[str, Any], since: float, deadline: float,
+def _first_probe_ok(url: str, payload: dict[str, Any], deadline: float,
                     clock: Callable[[], float]) -> float | None:
     """Send one request at a time until one is answered 200; return when that answer came.
 
@@ -107,13 +107,12 @@ def kill_drill(ts: TorchServe, model: str, payload: dict[str, Any], threads: int
         os.kill(old_pids[0], signal.SIGKILL)
         log(f"[kill] SIGKILL worker pid {old_pids[0]} at t={t_kill:.2f}s "
             f"after {before} requests")  # fmt: skip
-        recovered = _first_probe_ok(url, payload, t_kill, t_kill + timeout_s, load.now)
+        recovered = _first_probe_ok(url, payload, t_kill + timeout_s, load.now)
         if recovered is not None:
             time.sleep(after_s)
     samples = load.samples
     new_pids = ts.worker_pids(model)
     failed = [s for s in samples if s.status != 200]
-    lost = [s for s in failed if s.status == 0 and "Timeout" in s.error]
     result = {
         "threads": threads,
         "killed_pid": old_pids[0],
@@ -122,7 +121,8 @@ def kill_drill(ts: TorchServe, model: str, payload: dict[str, Any], threads: int
         "recovery_s": None if recovered is None else round(recovered - t_kill, 3),
         "requests": len(samples),
         "failed": len(failed),
-        "failed_statuses": dict(Counter(LOST if s in lost else s.status for s in failed)),
+        "failed_statuses": dict(Counter(
+            LOST if s.status == 0 and "Timeout" in s.error else s.status for s in failed)),
         "failure_messages": sorted({s.error for s in failed})[:5],
         "call_timeout_s": call_timeout_s,
         "ok_after_recovery": all(s.status == 200 for s in samples

@@ -40,6 +40,7 @@ REWIRED_DTYPES = (FLOAT_SCALAR_TYPES[TRACED_FLOAT], "default (float32)")
 # float32, bfloat16 and float16 alike; exp() of it is 0 in each, so masked keys still weigh 0.
 HALF_MAX = float(torch.finfo(torch.float16).max)  # 65504.0
 TRACED_FLOAT_MAX = float(torch.finfo(torch.float32).max)
+OUTSIDE_HALF = "(outside float16)"  # how pinned_constants labels such a float constant
 DEVICE_SOURCE = "input_ids"  # every input lives on the serving device
 DTYPE_SOURCE = "pixel_values"  # the one float input whose dtype is the serving precision
 
@@ -94,7 +95,7 @@ def _pinned_inputs(node: torch._C.Node) -> list[tuple[int, str, str]]:
             found.append((index, "dtype", FLOAT_SCALAR_TYPES[const.i("value")]))
         elif value.type().kind() == "FloatType" and HALF_MAX < abs(const.f("value")) < math.inf:
             argument = names[index] if index < len(names) else "value"
-            found.append((index, argument, f"{const.f('value'):.7g} (outside float16)"))
+            found.append((index, argument, f"{const.f('value'):.7g} {OUTSIDE_HALF}"))
     if node.kind() in DEFAULT_FLOAT_FACTORIES and "dtype" in names:
         index = names.index("dtype")
         if index < node.inputsSize() and node.inputsAt(index).type().kind() == "NoneType":
@@ -161,7 +162,7 @@ def make_portable(module: torch.jit.ScriptModule) -> int:
         for index, argument, value in _pinned_inputs(node):
             if argument == "dtype" and value not in REWIRED_DTYPES:
                 continue
-            if value.endswith("(outside float16)"):
+            if value.endswith(OUTSIDE_HALF):
                 fill = _constant(node.inputsAt(index)).f("value")
                 if abs(fill) != TRACED_FLOAT_MAX:
                     continue  # not the mask-fill idiom: left for pinned_constants to report
