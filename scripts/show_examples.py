@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Send a fixed set of examples to a running server and print a Markdown table of the answers.
 
-The README's "served examples" table is this script's output against the default archive
+The "served examples" table of docs/training.md is this script's output against the default archive
 (`bash scripts/quickstart.sh` first). Mixes text-only, image-only, congruent and incongruent
 (ironic) pairs. ``--model-dir DIR`` answers the same requests in-process with the serving
 pipeline on an exported model folder or unpacked archive (no server needed; same answers).
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from mmsent.clients.rest import DEFAULT_URL, predict
+from mmsent.serving.exchange import Exchange
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         path = ROOT / "examples" / image if image else None
         if pipeline is not None:
             fields = {"text": text, "image": path.read_bytes() if path else None}
-            answer = pipeline.predict([{k: v for k, v in fields.items() if v is not None}])[0]
+            given = {k: v for k, v in fields.items() if v is not None}
+            answer = Exchange(pipeline).predict([given])[0]
         else:
             answer = predict(args.url, text, path).json()
         probs = " / ".join(f"{v:.2f}" for v in answer["probabilities"].values())

@@ -1,6 +1,6 @@
 """A readiness check that fails when inference cannot run (TorchServe's own checks do not).
 
-Measured on TorchServe 0.12 (docs/RELIABILITY.md "Health and readiness"): ``GET /ping`` answers
+Measured on TorchServe 0.12 (docs/reliability.md "Health and readiness"): ``GET /ping`` answers
 ``Healthy`` as long as every model has at least ``minWorkers`` live workers, so a model scaled to
 ``min_worker=0`` is "Healthy" with no worker at all; the management API reports a worker
 ``READY`` whose process is stopped or wedged; the KServe ``/v2/health/ready`` route is not
@@ -29,6 +29,7 @@ import requests
 
 from mmsent.clients.auth import bearer
 from mmsent.config import DEADLINE_HEADER, DEFAULT_MODEL_NAME, DEFAULT_PORTS
+from mmsent.wire.workers import ready_workers as wire_ready_workers
 
 PROBE_BODY = {"text": "readiness probe"}
 
@@ -51,10 +52,9 @@ def ready_workers(management_url: str, model: str, timeout: float,
     try:
         resp = requests.get(f"{management_url}/models/{model}", headers=headers or {},
                             timeout=timeout)  # fmt: skip
-        workers = resp.json()[0].get("workers", []) if resp.status_code == 200 else []
-    except (requests.RequestException, ValueError, IndexError, AttributeError):
+        return wire_ready_workers(resp.json()) if resp.status_code == 200 else 0
+    except (requests.RequestException, ValueError):
         return 0
-    return sum(1 for w in workers if isinstance(w, dict) and w.get("status") == "READY")
 
 
 def probe_inference(

@@ -3,7 +3,7 @@
 Stock clients call ``/inference.GRPCInferenceService/<Method>``; TorchServe serves the same
 messages as ``/org.pytorch.serve.grpc.openinference.GRPCInferenceService/<Method>``
 (pytorch/serve#3394). Renaming the method is not quite enough, because TorchServe's converter and
-Triton's client disagree on where tensor data lives (measured, docs/OPEN_INFERENCE.md):
+Triton's client disagree on where tensor data lives (measured, docs/calling.md):
 
 - requests: tritonclient.grpc sends inputs in ``raw_input_contents``, which TorchServe ignores;
   BYTES inputs are moved into ``contents.bytes_contents`` here;
@@ -28,6 +28,7 @@ import grpc
 
 from mmsent.clients.grpc import CHANNEL_OPTIONS, HTTP_TO_GRPC
 from mmsent.clients.open_inference import SERVICE, STOCK_SERVICE, pb
+from mmsent.wire.v2_bytes import BytesTensorError, pack_bytes, unpack_bytes
 
 METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
            "ModelInfer")  # fmt: skip
@@ -40,7 +41,11 @@ def to_torchserve(data: bytes) -> bytes:
     raw = list(request.raw_input_contents)
     for tensor, blob in zip(request.inputs, raw, strict=False):
         if tensor.datatype == "BYTES":
-            tensor.contents.bytes_contents.extend(_unpack_bytes(blob))
+            try:
+                tensor.contents.bytes_contents.extend(unpack_bytes(blob))
+            except BytesTensorError as exc:
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                               f'input "{tensor.name}": {exc}') from None
     del request.raw_input_contents[:]
     return request.SerializeToString()
 
@@ -75,7 +80,7 @@ def _raw(tensor: Any) -> bytes:
     if tensor.datatype == "BYTES":  # TorchServe wrote each element as JSON text: undo that
         items = [json.loads(v) for v in contents.bytes_contents]
         encoded = [(v if isinstance(v, str) else json.dumps(v)).encode("utf-8") for v in items]
-        return b"".join(struct.pack("<I", len(v)) + v for v in encoded)
+        return pack_bytes(encoded)
     code = _PACK.get(tensor.datatype)
     if code is None:
         raise _Refused(grpc.StatusCode.INTERNAL, f"proxy cannot encode {tensor.datatype}")
@@ -83,16 +88,6 @@ def _raw(tensor: Any) -> bytes:
              "q": "int64_contents"}[code]  # fmt: skip
     values = list(getattr(contents, field))
     return struct.pack(f"<{len(values)}{code}", *values)
-
-
-def _unpack_bytes(blob: bytes) -> list[bytes]:
-    """Triton's raw BYTES tensor: 4-byte little-endian length, then the element, repeated."""
-    values, pos = [], 0
-    while pos + 4 <= len(blob):
-        size = int.from_bytes(blob[pos : pos + 4], "little")
-        values.append(blob[pos + 4 : pos + 4 + size])
-        pos += 4 + size
-    return values
 
 
 class _Rename(grpc.GenericRpcHandler):

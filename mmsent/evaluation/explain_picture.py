@@ -29,7 +29,8 @@ import requests
 from PIL import Image, ImageDraw, ImageFont
 
 from mmsent.config import ModelConfig
-from mmsent.serving.explain import CLASSES_FIELD, GRID_FIELD, explain_requests
+from mmsent.serving.exchange import Exchange
+from mmsent.serving.explain import CLASSES_FIELD, GRID_FIELD
 from mmsent.serving.imaging import image_to_uint8, open_image
 from mmsent.serving.pipeline import SentimentPipeline
 
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = pipeline.cfg
         body = {k: v for k, v in (("text", args.text), ("image", image)) if v is not None}
         request = {**body, GRID_FIELD: str(args.grid), CLASSES_FIELD: "all"}
-        answer = explain_requests(pipeline, [request])[0]
+        answer = Exchange(pipeline).explain([request])[0]
         if "error" in answer:
             raise SystemExit(f"{answer['code']}: {answer['error']}")
     else:

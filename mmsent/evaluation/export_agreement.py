@@ -19,6 +19,7 @@ from mmsent.evaluation.metrics import prediction_agreement
 from mmsent.modeling.checkpoint import load_checkpoint
 from mmsent.modeling.encoders import build_tokenizer
 from mmsent.modeling.export import export_model_dir
+from mmsent.serving.exchange import Exchange
 from mmsent.serving.pipeline import SentimentPipeline
 
 
@@ -40,7 +41,7 @@ def _probabilities(
     started = time.perf_counter()
     answers = []
     for i in range(0, len(rows), batch):
-        answers += pipeline.predict(rows[i : i + batch])
+        answers += Exchange(pipeline).predict(rows[i : i + batch])
     elapsed = time.perf_counter() - started
     labels = pipeline.cfg.labels
     return torch.tensor([[a["probabilities"][k] for k in labels] for a in answers]), elapsed

@@ -4,7 +4,7 @@ TorchServe's answer -> a kserve ``InferResponse`` (or a typed error).
 Why the request is re-encoded with the binary tensor extension rather than as plain JSON: images
 are raw bytes over gRPC (``bytes_contents`` or ``raw_input_contents``) and over tritonclient.http's
 binary extension, and JSON can carry only UTF-8 text. Our handler reads both forms
-(docs/OPEN_INFERENCE.md), so bytes travel as bytes and JSON ``data`` stays JSON: the handler sees
+(docs/calling.md), so bytes travel as bytes and JSON ``data`` stays JSON: the handler sees
 what the client sent. A REST request that already uses the binary extension is forwarded
 byte-for-byte (:class:`RawV2Request`): kserve 0.21's own decoder turns binary BYTES into UTF-8
 strings and fails on image bytes, so the gateway does not let it decode them.
@@ -12,7 +12,6 @@ strings and fails on image bytes, so the gateway does not let it decode them.
 
 from __future__ import annotations
 
-import struct
 import uuid
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -28,6 +27,8 @@ from kserve.protocol.infer_type import (
     RequestedOutput,
     to_http_parameters,
 )
+
+from mmsent.wire.v2_bytes import pack_bytes
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # HTTP status from TorchServe -> the gRPC code a stock client should see (4xx: the caller's fault)
@@ -92,16 +93,6 @@ class RawV2Request(InferRequest):
         self.json_length = json_length
 
 
-def _serialize_bytes(elements: list[Any]) -> bytes:
-    """The v2 binary form of a BYTES tensor: each element as a 4-byte little-endian length and
-    its bytes (what gRPC ``raw_input_contents`` and the REST extension both carry)."""
-    parts = []
-    for element in elements:
-        data = element if isinstance(element, bytes) else str(element).encode()
-        parts += [struct.pack("<I", len(data)), data]
-    return b"".join(parts)
-
-
 def _http_parameters(parameters: Any) -> dict[str, Any]:
     """gRPC ``InferParameter`` maps or plain dicts -> JSON-able dicts ({} when none)."""
     return to_http_parameters(parameters) if parameters else {}
@@ -128,7 +119,7 @@ def encode_request(request: InferRequest) -> tuple[bytes, dict[str, str]]:
         raw = tensor._raw_data  # the SDK keeps gRPC raw_input_contents only here
         data = tensor.data
         if raw is None and isinstance(data, list) and any(isinstance(d, bytes) for d in data):
-            raw = _serialize_bytes(data)  # gRPC bytes_contents: bytes, not text
+            raw = pack_bytes(data)  # gRPC bytes_contents: bytes, not text
         if raw is not None:
             parameters["binary_data_size"] = len(raw)
             binary.append(raw)

@@ -22,6 +22,7 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from mmsent.config import LABELS, MODALITIES
 from mmsent.gateway.defaults import HEALTH_TTL_S, REQUEST_TIMEOUT_S, STARTUP_TIMEOUT_S
 from mmsent.gateway.forward import UpstreamError, decode_answer, encode_request, error_from
+from mmsent.wire.workers import ready_workers
 
 INPUTS: list[dict[str, Any]] = [
     {"name": "text", "datatype": "BYTES", "shape": [-1]},
@@ -37,10 +38,7 @@ MAX_CONNECTIONS = 64  # = job_queue_size of the bundle: more in flight would que
 
 def worker_ready(described: Any) -> bool:
     """Whether a ``GET /models/<name>`` answer lists a READY worker."""
-    if not isinstance(described, list) or not described or not isinstance(described[0], dict):
-        return False
-    workers = described[0].get("workers") or []
-    return any(isinstance(w, dict) and w.get("status") == "READY" for w in workers)
+    return ready_workers(described) > 0
 
 
 class TorchServeForwarder(Model):

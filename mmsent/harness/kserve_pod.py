@@ -42,6 +42,7 @@ from mmsent.packaging.kserve import (
     TS_ADDRESSES,
     gateway_args,
 )
+from mmsent.wire.workers import ready_workers
 
 PATH_KEYS = ("metrics_config",)  # keys naming files under /mnt/models that TorchServe opens
 
@@ -132,8 +133,7 @@ class KServePod(ServerProcess):
             return None
 
     def ready(self) -> bool:
-        described = self.describe() or {}
-        return any(w.get("status") == "READY" for w in described.get("workers", []))
+        return ready_workers(self.describe()) > 0
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -1,4 +1,4 @@
-"""Start (or stop) TorchServe exactly as the README shows, and wait until the model is ready.
+"""Start (or stop) TorchServe exactly as docs/serving.md shows, and wait until the model is ready.
 
   python scripts/serve.py start   # verify the archive's sha256, start, wait for a READY worker
   python scripts/serve.py stop
@@ -22,6 +22,7 @@ from mmsent.clients.auth import KEY_FILE, bearer
 from mmsent.config import DEFAULT_MODEL_NAME, DEFAULT_PORTS
 from mmsent.harness.torchserve import ROOT, describe_workers
 from mmsent.packaging.archive import verify_sha256
+from mmsent.wire.workers import count_ready
 
 BIN = Path(sys.executable).parent
 
@@ -32,7 +33,7 @@ def wait_ready(management: str, model: str, timeout: float) -> None:
         # under token authorization (config.production.properties) TorchServe writes the keys
         # into its working directory, which is the repo root here
         workers = describe_workers(management, model, bearer(ROOT / KEY_FILE, "management"))
-        if any(w.get("status") == "READY" for w in workers or []):
+        if count_ready(workers):
             return
         time.sleep(1)
     raise SystemExit(f"model {model} not ready after {timeout:.0f}s: see logs/model_log.log")

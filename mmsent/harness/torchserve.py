@@ -27,6 +27,7 @@ import requests
 
 from mmsent.clients.auth import KEY_FILE, bearer
 from mmsent.config import DEFAULT_PORTS, read_properties
+from mmsent.wire.workers import count_ready
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 BASE_CONFIG = ROOT / "config.properties"
@@ -236,7 +237,7 @@ class TorchServe(ServerProcess):
         return describe_workers(self.management_url, model, self.bearer("management"))
 
     def ready_workers(self, model: str) -> int:
-        return sum(1 for w in self._workers(model) or [] if w.get("status") == "READY")
+        return count_ready(self._workers(model))
 
     def worker_pids(self, model: str) -> list[int]:
         workers = self._workers(model)

@@ -21,12 +21,12 @@ PACKAGE = Path(__file__).resolve().parents[1]  # mmsent/
 ROOT = PACKAGE.parent  # the repository (handlers/ lives there)
 HANDLER = ROOT / "handlers" / "fusion_handler.py"
 MODEL_CONFIG_YAML = ROOT / "handlers" / "model-config.yaml"
-# What the handler imports at serving time: the serving/ folder, whole, and the two modules it
-# may import (tests/unit/test_layering.py keeps serving/ from importing anything else). No
-# model class code: modeling/ deliberately stays out. (serving/explain.py needs captum in the
-# serving environment, but only for /explanations.)
+# What the handler imports at serving time: the serving/ and wire/ folders, whole, and the two
+# modules they may import (import-linter's contracts keep serving/ from importing anything
+# else). No model class code: modeling/ deliberately stays out. (serving/explain.py needs
+# captum in the serving environment, but only for /explanations.)
 SERVING_FILES = ("__init__.py", "config.py", "errors.py")
-SERVING_PACKAGE = "serving"
+SERVING_PACKAGES = ("serving", "wire")
 
 
 def sha256_of(path: str | Path) -> str:
@@ -67,8 +67,9 @@ def build_archive(
     (staging / "mmsent").mkdir(parents=True)
     for name in SERVING_FILES:
         shutil.copy2(PACKAGE / name, staging / "mmsent" / name)
-    shutil.copytree(PACKAGE / SERVING_PACKAGE, staging / "mmsent" / SERVING_PACKAGE,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for package in SERVING_PACKAGES:
+        shutil.copytree(PACKAGE / package, staging / "mmsent" / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     model_file = export_dir / ModelConfig.load(export_dir).model_filename  # model.pt | .onnx
     extras = [p for p in sorted(export_dir.iterdir()) if p != model_file] + [staging]
     archiver = Path(sys.executable).with_name("torch-model-archiver")

@@ -5,7 +5,7 @@ queued requests without ever answering them), so clients say when they stop wait
 ``X-Request-Deadline: <epoch ms>`` over REST, an ``x-request-deadline`` input field over gRPC
 (TorchServe does not forward gRPC metadata to the worker). An item past its deadline is
 refused with 408 before any decoding, so abandoned requests cost the live ones nothing
-(measured in docs/RELIABILITY.md "Deadlines").
+(measured in docs/reliability.md "Deadlines").
 """
 
 from __future__ import annotations

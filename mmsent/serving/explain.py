@@ -22,8 +22,8 @@ asking for all classes costs nothing extra.
 Only forward passes through the model's own inputs are needed, so this runs on the TorchScript
 file exactly as served (no model class, no gradients, no hooks).
 
-Nothing here imports TorchServe: the handler and ``mmsent.evaluation.explain_picture`` both call
-:func:`explain_batch` / :func:`explain_requests`.
+Nothing here imports TorchServe: the exchange calls :func:`explain_input` for every row of an
+``/explanations`` request (``Exchange.explain`` in process).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from torch import Tensor
 
 from mmsent.errors import RequestError
 from mmsent.serving.limits import RequestLimits
-from mmsent.serving.payload import parse_item
 from mmsent.serving.pipeline import Batch, SentimentPipeline
 from mmsent.serving.tokenizer import tokenize
 
@@ -226,7 +225,7 @@ def explain_one(
             413,
         )
     size = cfg.image_size
-    one = Batch(size=1, rows=[0])
+    one = Batch(size=1, kept=[0])
     one.tensors = {
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],
@@ -334,68 +333,24 @@ def _r(value: Tensor) -> float:
     return round(float(value.reshape(-1)[0]), 4)
 
 
-def explain_batch(
-    pipeline: SentimentPipeline,
-    batch: Batch,
-    requests: Sequence[Mapping[str, Any]],
-    wanted: Mapping[int, ExplainOptions],
-) -> dict[int, dict[str, Any] | RequestError]:
-    """Explanations for the batch slots in ``wanted`` that were answered: {slot: explanation
-    or the RequestError to answer instead}. Each slot is explained on its own, so a failure
-    costs that request only.
+def explain_input(
+    pipeline: SentimentPipeline, batch: Batch, position: int, options: ExplainOptions
+) -> dict[str, Any] | RequestError:
+    """The explanation of input ``position`` of ``batch`` (after ``infer``), or the
+    RequestError to answer instead: a failure costs this explanation only, never the batch.
 
-    The text is parsed again from the request (the batch keeps only its tensors); that is
-    microseconds next to the ablation passes. The decoded image is reused from the batch.
+    The parsed text and the decoded image are reused from the batch.
     """
-    results: dict[int, dict[str, Any] | RequestError] = {}
-    if batch.outputs is None:  # nothing ran (every item refused)
-        return results
-    probs = batch.outputs[0]
-    for slot, options in wanted.items():
-        if slot in batch.errors or slot not in batch.rows:
-            continue
-        row = batch.rows.index(slot)
-        try:
-            text = parse_item(requests[slot]).text
-            pixels = batch.tensors["pixels"][row] if batch.tensors["has_image"][row] > 0 else None
-            predicted = int(probs[row].argmax())
-            results[slot] = explain_one(pipeline, text, pixels, options, predicted)
-        except RequestError as err:
-            results[slot] = err
-        except Exception as exc:  # a bug costs this explanation only, never the batch
-            logger.exception("explaining request %d failed", slot)
-            results[slot] = RequestError(f"internal error explaining: {type(exc).__name__}", 500)
-    return results
-
-
-def explain_requests(
-    pipeline: SentimentPipeline, requests: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """In-process ``/explanations``: each answer is the prediction plus ``explanation``.
-
-    Requests take the same shapes as :meth:`SentimentPipeline.predict`, plus the optional
-    ``x-explain-grid`` / ``x-explain-classes`` fields.
-    """
-    items: list[Any] = []
-    wanted: dict[int, ExplainOptions] = {}
-    refused: dict[int, RequestError] = {}
-    for slot, raw in enumerate(requests):
-        try:
-            item, wanted[slot] = split_options(raw, pipeline.limits)
-        except RequestError as err:
-            item, refused[slot] = {}, err
-        items.append(item)
-    keep = [slot for slot in range(len(items)) if slot not in refused]
-    batch = pipeline.preprocess([items[s] for s in keep])
-    pipeline.infer(batch)
-    answers = pipeline.postprocess(batch)
-    explained = explain_batch(pipeline, batch, [items[s] for s in keep],
-                              {pos: wanted[s] for pos, s in enumerate(keep)})  # fmt: skip
-    by_slot = {slot: err.to_dict() for slot, err in refused.items()}
-    for pos, slot in enumerate(keep):
-        result = explained.get(pos)
-        if isinstance(result, RequestError):
-            by_slot[slot] = result.to_dict()
-        else:
-            by_slot[slot] = {**answers[pos], **({"explanation": result} if result else {})}
-    return [by_slot[slot] for slot in range(len(requests))]
+    if batch.outputs is None or position not in batch.kept:
+        return RequestError("internal error: explaining an input that did not run", 500)
+    row = batch.kept.index(position)
+    try:
+        text = batch.items[row].text
+        pixels = batch.tensors["pixels"][row] if batch.tensors["has_image"][row] > 0 else None
+        predicted = int(batch.outputs[0][row].argmax())
+        return explain_one(pipeline, text, pixels, options, predicted)
+    except RequestError as err:
+        return err
+    except Exception as exc:
+        logger.exception("explaining input %d failed", position)
+        return RequestError(f"internal error explaining: {type(exc).__name__}", 500)

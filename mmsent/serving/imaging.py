@@ -98,7 +98,7 @@ def high_bit_depth_to_8bit(img: Image.Image, keep: int | None = None) -> Image.I
     after a box reduction *in the native mode* to a short side of about ``keep`` pixels.
 
     Converting at full resolution through float64 cost ~1 GB and ~1 s per 40 MP image, for
-    pixels ``resize_crop`` throws away right after (docs/RELIABILITY.md has the numbers). The
+    pixels ``resize_crop`` throws away right after (docs/reliability.md has the numbers). The
     maximum comes from the full image (``getextrema``, no copy), so the scale is the same as
     before the reduction.
     """

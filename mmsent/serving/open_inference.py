@@ -17,7 +17,8 @@ becomes the same form-field mapping ``payload.parse_item`` validates for every o
 rules (empty = absent, valid Unicode, image limits) are the same everywhere.
 
 The protocol has no per-item errors: one bad item refuses the whole request with that item's
-status and a message naming its index; the other requests of the TorchServe batch are unharmed.
+status and a message naming its index; the other requests of the batch are unharmed. The
+exchange drives this module through ``protocols.OpenInference``.
 """
 
 from __future__ import annotations
@@ -25,17 +26,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mmsent.config import LABELS, MODALITIES
 from mmsent.errors import RequestError
-from mmsent.serving.explain import EXPLAIN_HEADER
 from mmsent.serving.limits import RequestLimits
-
-logger = logging.getLogger(__name__)
+from mmsent.serving.messages import BatchInfo
+from mmsent.wire.json_fields import json_type, loads, reject_unknown
+from mmsent.wire.v2_bytes import BytesTensorError, unpack_bytes
 
 BINARY_HEADER = "inference-header-content-length"  # the binary tensor extension (lower-case)
 INPUTS = ("text", "image")
@@ -91,25 +91,34 @@ def as_v2(raw: Any, headers: Mapping[str, str]) -> Mapping[str, Any] | None:
     return raw if isinstance(body, Mapping) and "inputs" in body else None
 
 
+def request_id_of(raw: Any) -> str:
+    """The ``id`` of a request refused before or while parsing, when there is a plain one."""
+    body = raw.get("body") if isinstance(raw, Mapping) else None
+    request_id = body.get("id") if isinstance(body, Mapping) else None
+    return request_id if isinstance(request_id, str) else ""
+
+
 def _as_bytes(body: bytes | bytearray | str) -> bytes | bytearray:
     return body.encode("utf-8", "replace") if isinstance(body, str) else body
 
 
 def parse_request(
-    raw: Mapping[str, Any], headers: Mapping[str, str], limits: RequestLimits
+    raw: Mapping[str, Any], headers: Mapping[str, str], limits: RequestLimits, grpc: bool = False
 ) -> V2Request:
-    """The v2 request in ``raw`` (what TorchServe hands the handler), or a RequestError."""
-    grpc = not headers  # TorchServe's gRPC jobs carry no HTTP headers; REST always has some
+    """The v2 request in ``raw`` (what the engine hands over), or a RequestError.
+
+    ``grpc``: it came through TorchServe's gRPC ``ModelInfer`` (elements arrive base64-encoded).
+    """
     body = raw.get("body")
     tail = b""
     if BINARY_HEADER in headers:
         body, tail = _split_binary(body, headers[BINARY_HEADER])
     if not isinstance(body, Mapping):
         raise RequestError('Open Inference request must be a JSON object with an "inputs" list')
-    _reject_unknown(body.keys(), _REQUEST_KEYS, "request field")
+    reject_unknown(body.keys(), _REQUEST_KEYS, "request field")
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise RequestError(f'"id" must be a string, got {_json_type(request_id)}')
+        raise RequestError(f'"id" must be a string, got {json_type(request_id)}')
     columns = _read_inputs(body.get("inputs"), tail, grpc, limits)
     count = len(next(iter(columns.values())))
     items = [{name: values[i] for name, values in columns.items()} for i in range(count)]
@@ -132,18 +141,7 @@ def _split_binary(body: Any, header_length: str) -> tuple[Any, bytes]:
     if not 0 < size <= len(body):
         raise RequestError(f'"Inference-Header-Content-Length" {size} does not fit a '
                            f"{len(body)}-byte body")  # fmt: skip
-    return _loads(bytes(body[:size])), bytes(body[size:])
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise RequestError("Open Inference JSON header is not valid JSON") from None
-    except (RecursionError, ValueError):
-        raise RequestError(
-            "Open Inference JSON header is malformed (too deep or too long)"
-        ) from None
+    return loads(bytes(body[:size]), "Open Inference JSON header"), bytes(body[size:])
 
 
 def _read_inputs(
@@ -156,14 +154,14 @@ def _read_inputs(
     offset = 0
     for tensor in inputs:
         if not isinstance(tensor, Mapping):
-            raise RequestError(f"each input must be an object, got {_json_type(tensor)}")
+            raise RequestError(f"each input must be an object, got {json_type(tensor)}")
         name = tensor.get("name")
         if name not in INPUTS:
             shown = json.dumps(str(name)[:_MAX_SHOWN]) if name is not None else "no name"
             raise RequestError(f'unknown input {shown}: this model takes "text" and "image"')
         if name in columns:
             raise RequestError(f'input "{name}" is given twice')
-        _reject_unknown(tensor.keys(), _TENSOR_KEYS, f'field of input "{name}"')
+        reject_unknown(tensor.keys(), _TENSOR_KEYS, f'field of input "{name}"')
         if tensor.get("datatype") != "BYTES":
             got = json.dumps(str(tensor.get("datatype"))[:_MAX_SHOWN])
             raise RequestError(f'input "{name}" must have datatype "BYTES", got {got}')
@@ -224,22 +222,10 @@ def _values(
         raise RequestError(f'input "{name}" has both "data" and binary data')
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(tail) - offset:
         raise RequestError(f'input "{name}": binary_data_size does not fit the binary data')
-    return _unpack_bytes(name, tail[offset : offset + size]), offset + size
-
-
-def _unpack_bytes(name: str, blob: bytes) -> list[bytes]:
-    """A binary BYTES tensor: each element is a 4-byte little-endian length, then the bytes."""
-    values, pos = [], 0
-    while pos < len(blob):
-        if pos + 4 > len(blob):
-            raise RequestError(f'input "{name}": binary BYTES element header is cut short')
-        length = int.from_bytes(blob[pos : pos + 4], "little")
-        pos += 4
-        if pos + length > len(blob):
-            raise RequestError(f'input "{name}": binary BYTES element is cut short')
-        values.append(blob[pos : pos + length])
-        pos += length
-    return values
+    try:
+        return unpack_bytes(tail[offset : offset + size]), offset + size
+    except BytesTensorError as exc:
+        raise RequestError(f'input "{name}": {exc}') from None
 
 
 def _element(name: str, value: Any, grpc: bool) -> Any:
@@ -262,7 +248,7 @@ def _element(name: str, value: Any, grpc: bool) -> Any:
         except (binascii.Error, ValueError):
             return value
     if not isinstance(value, str | bytes):
-        raise RequestError(f'input "{name}" elements must be strings, got {_json_type(value)}')
+        raise RequestError(f'input "{name}" elements must be strings, got {json_type(value)}')
     return value
 
 
@@ -282,121 +268,6 @@ def _requested(body: Mapping[str, Any]) -> tuple[str, ...]:
     return names or OUTPUTS
 
 
-# -- a TorchServe batch: v2 requests in, pipeline rows out, and back -------------------------
-@dataclass
-class Expansion:
-    """A server batch with every v2 request spread over one pipeline row per item.
-
-    ``rows[r]`` is the batch slot of pipeline row ``r`` (a v2 slot with N items appears N times,
-    every other slot once); ``items[r]`` its pipeline input. ``v2`` holds every v2 slot, with its
-    parsed request, or None when it was refused before parsing (deadline) or while parsing.
-    """
-
-    rows: list[int] = field(default_factory=list)
-    items: list[Any] = field(default_factory=list)
-    v2: dict[int, V2Request | None] = field(default_factory=dict)
-    grpc: dict[int, bool] = field(default_factory=dict)  # v2 slot came over gRPC ModelInfer
-    ids: dict[int, str] = field(default_factory=dict)  # "id" of a refused request, to echo
-
-
-def expand(
-    data: Sequence[Any],
-    slots: Sequence[int],
-    items: Sequence[Any],
-    headers: Sequence[Mapping[str, str]],
-    limits: RequestLimits,
-    refused: dict[int, RequestError],
-) -> Expansion:
-    """Spread the v2 requests among ``items`` (the admitted ``slots`` of ``data``) into rows.
-
-    A v2 request that cannot be parsed is added to ``refused`` and gets no row, so it costs its
-    batch mates nothing. Slots refused earlier (``refused``, e.g. past their deadline) are noted
-    as v2 when ``data`` says they are, so their refusal is answered in the protocol's form too.
-    """
-    out = Expansion()
-    for slot in refused:
-        if is_v2(data[slot], headers[slot]):
-            out.v2[slot], out.grpc[slot] = None, not headers[slot]
-    for slot, item in zip(slots, items, strict=True):
-        raw = as_v2(item, headers[slot])
-        if raw is None:
-            out.rows.append(slot)
-            out.items.append(item)
-            continue
-        out.v2[slot], out.grpc[slot] = None, not headers[slot]
-        try:
-            if headers[slot].get(EXPLAIN_HEADER) == "True":
-                raise RequestError(NO_EXPLAIN)
-            request = parse_request(raw, headers[slot], limits)
-        except RequestError as err:
-            refused[slot] = err
-            out.ids[slot] = _request_id_of(raw)
-            continue
-        except Exception as exc:  # a parser bug costs this request only, never its batch mates
-            logger.exception("unexpected error parsing Open Inference request %d", slot)
-            refused[slot] = RequestError(f"internal error: {type(exc).__name__}", 500)
-            continue
-        out.v2[slot] = request
-        out.rows.extend([slot] * len(request.items))
-        out.items.extend(request.items)
-    return out
-
-
-def _request_id_of(raw: Any) -> str:
-    """The ``id`` of a request refused while parsing, when there is a plain one to echo."""
-    body = raw.get("body") if isinstance(raw, Mapping) else None
-    request_id = body.get("id") if isinstance(body, Mapping) else None
-    return request_id if isinstance(request_id, str) else ""
-
-
-def collect(
-    expansion: Expansion,
-    rows: Sequence[int],
-    answers: Sequence[Mapping[str, Any]],
-    row_errors: Mapping[int, RequestError],
-    refused: Mapping[int, RequestError],
-    context: AnswerContext,
-) -> tuple[dict[int, dict[str, Any]], dict[int, RequestError]]:
-    """(body, error) by v2 slot from the pipeline's per-row ``answers`` and ``row_errors``.
-
-    ``rows`` maps each answered row to its slot (the rows that reached the pipeline); the first
-    bad item of a request refuses the whole request, named by its index.
-    """
-    bodies: dict[int, dict[str, Any]] = {}
-    errors: dict[int, RequestError] = {}
-    by_slot: dict[int, list[int]] = {}
-    for row, slot in enumerate(rows):
-        by_slot.setdefault(slot, []).append(row)
-    for slot, request in expansion.v2.items():
-        grpc = expansion.grpc[slot]
-        request_id = request.request_id if request is not None else expansion.ids.get(slot)
-        error = refused.get(slot)
-        if error is None and request is not None:
-            mine = by_slot.get(slot, [])
-            bad = next((i for i, row in enumerate(mine) if row in row_errors), None)
-            if bad is not None:
-                error = item_error(bad, len(mine), row_errors[mine[bad]])
-            else:
-                bodies[slot] = response(request, [answers[r] for r in mine], context)
-                continue
-        error = error or RequestError("internal error: v2 request without rows", 500)
-        errors[slot] = error
-        bodies[slot] = error_response(error, grpc, request_id, context.model_name,
-                                      context.model_version)  # fmt: skip
-    return bodies, errors
-
-
-@dataclass(frozen=True)
-class AnswerContext:
-    """What every v2 answer of one server batch shares."""
-
-    model_name: str
-    model_version: str | None
-    labels: Sequence[str]
-    batch_size: int  # TorchServe requests in the batch
-    batch_rows: int  # model rows they became
-
-
 # -- answers -----------------------------------------------------------------------------------
 def item_error(index: int, count: int, error: RequestError) -> RequestError:
     """The request's error for its bad item ``index``: same status, message naming the item."""
@@ -406,7 +277,7 @@ def item_error(index: int, count: int, error: RequestError) -> RequestError:
 
 
 def response(
-    request: V2Request, answers: Sequence[Mapping[str, Any]], context: AnswerContext
+    request: V2Request, answers: Sequence[Mapping[str, Any]], context: BatchInfo
 ) -> dict[str, Any]:
     """The v2 answer for the request's N item answers (``SentimentPipeline`` answer dicts).
 
@@ -476,7 +347,7 @@ def _envelope(
 def model_metadata(model_name: str, model_version: str | None = None) -> dict[str, Any]:
     """What ``GET /v2/models/{name}`` should say (TorchServe 0.12 does not route that URL: 404).
 
-    Served nowhere by TorchServe; documented in docs/OPEN_INFERENCE.md and kept here, next to
+    Served nowhere by TorchServe; documented in docs/calling.md and kept here, next to
     the parser it describes, so a test can hold the two together.
     """
     tensor = {"datatype": "BYTES", "shape": [-1]}
@@ -491,15 +362,3 @@ def model_metadata(model_name: str, model_version: str | None = None) -> dict[st
             {"name": "contributions", "datatype": "FP32", "shape": [-1, len(MODALITIES)]},
         ],
     }
-
-
-def _reject_unknown(keys: Any, allowed: set[str], what: str) -> None:
-    unknown = sorted(str(k)[:_MAX_SHOWN] for k in keys if k not in allowed)
-    if unknown:
-        names = ", ".join(json.dumps(k) for k in unknown[:3])
-        raise RequestError(f"unknown {what}{'s' if len(unknown) > 1 else ''} {names}")
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "array", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mmsent.errors import RequestError
+from mmsent.wire.json_fields import json_type, loads, quote_names, reject_unknown
 
 FIELDS = ("text", "image")
 BODY_KEYS = ("body", "data")  # TorchServe: REST body -> "body"; gRPC callers send JSON as "data"
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
-_MAX_NAMED = 3  # unknown field names quoted in a message, each cut to _MAX_NAME_CHARS
-_MAX_NAME_CHARS = 40
+_ACCEPTED = 'this model accepts "text" and "image"'
 
 
 @dataclass(frozen=True)
@@ -48,36 +47,18 @@ def parse_item(fields: Mapping[str, Any]) -> Item:
         raise RequestError("request must be a JSON object or form fields")
     body_key = next((k for k in BODY_KEYS if k in fields), None)
     if body_key is None:
-        _reject_unknown(fields.keys(), FIELDS, "form field")
+        reject_unknown(fields.keys(), FIELDS, "form field", _ACCEPTED)
         return _from_form(fields)
     extra = sorted(str(k) for k in fields if k != body_key)
     if extra:  # a JSON body and form fields at once: which one did the caller mean?
         raise RequestError(
-            f"form field{'s' if len(extra) > 1 else ''} {_names(extra)} sent together with a "
+            f"form field{'s' if len(extra) > 1 else ''} {quote_names(extra)} sent together with a "
             f'"{body_key}" body: send either one JSON body or form fields'
         )
     body = fields[body_key]
     if isinstance(body, bytes | bytearray) and bytes(body[:8]).startswith(_IMAGE_MAGIC):
         return _item(None, bytes(body))
     return _from_json(_as_json_object(body))
-
-
-def _reject_unknown(keys: Iterable[Any], allowed: tuple[str, ...], what: str) -> None:
-    """400 naming the unexpected keys: strict, because ignoring ``imgae`` would answer the
-    request as if no image had been sent."""
-    unknown = sorted(str(k) for k in keys if k not in allowed)
-    if not unknown:
-        return
-    plural = "s" if len(unknown) > 1 else ""
-    accepted = " and ".join(f'"{f}"' for f in FIELDS)
-    raise RequestError(f"unknown {what}{plural} {_names(unknown)}: this model accepts {accepted}")
-
-
-def _names(names: list[str]) -> str:
-    """A few field names, quoted and shortened: a name is no place to echo a body."""
-    shown = [n if len(n) <= _MAX_NAME_CHARS else n[: _MAX_NAME_CHARS - 3] + "..." for n in names]
-    more = f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else ""
-    return ", ".join(json.dumps(n) for n in shown[:_MAX_NAMED]) + more
 
 
 def _as_json_object(body: Any) -> Mapping[str, Any]:
@@ -89,41 +70,23 @@ def _as_json_object(body: Any) -> Mapping[str, Any]:
     if body is None or (isinstance(body, str) and not body.strip()):
         raise RequestError("request body is empty: send JSON, form fields or an image")
     if isinstance(body, str):
-        body = _loads(body)
+        body = loads(body)
     if not isinstance(body, Mapping):
         raise RequestError(
             f'JSON body must be an object like {{"text": ..., "image": ...}}, '
             f"got {type(body).__name__}"
         )
-    _reject_unknown(body.keys(), FIELDS, "JSON field")
+    reject_unknown(body.keys(), FIELDS, "JSON field", _ACCEPTED)
     return body
-
-
-def _loads(text: str) -> Any:
-    """``json.loads`` with every way it can fail on client input turned into a 400.
-
-    Besides JSONDecodeError, the parser raises a plain ValueError for an integer literal over
-    Python's 4300-digit limit and RecursionError for very deep nesting: both are the client's
-    malformed input, not a server error.
-    """
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        where = f"at line {exc.lineno} col {exc.colno}"
-        raise RequestError(f"malformed JSON: {exc.msg} {where}") from None
-    except RecursionError:
-        raise RequestError("malformed JSON: nested too deeply") from None
-    except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
-        raise RequestError("malformed JSON: a number is too long") from None
 
 
 def _from_json(obj: Mapping[str, Any]) -> Item:
     text = obj.get("text")
     if text is not None and not isinstance(text, str):
-        raise RequestError(f'"text" must be a string, got {_json_type(text)}')
+        raise RequestError(f'"text" must be a string, got {json_type(text)}')
     image = obj.get("image")
     if image is not None and not isinstance(image, str):
-        raise RequestError(f'"image" must be a base64-encoded string, got {_json_type(image)}')
+        raise RequestError(f'"image" must be a base64-encoded string, got {json_type(image)}')
     return _item(text, _b64decode(image) if image is not None else None)
 
 
@@ -135,14 +98,14 @@ def _from_form(fields: Mapping[str, Any]) -> Item:
         except UnicodeDecodeError as exc:
             raise RequestError('"text" is not valid UTF-8') from exc
     elif text is not None and not isinstance(text, str):
-        raise RequestError(f'"text" must be a string, got {_json_type(text)}')
+        raise RequestError(f'"text" must be a string, got {json_type(text)}')
     image = fields.get("image")
     if isinstance(image, str):  # a form field typed in as text: accept base64
         image = _b64decode(image)
     elif isinstance(image, bytearray):
         image = bytes(image)
     elif image is not None and not isinstance(image, bytes):
-        raise RequestError(f'"image" must be image bytes, got {_json_type(image)}')
+        raise RequestError(f'"image" must be image bytes, got {json_type(image)}')
     return _item(text, image)
 
 
@@ -177,8 +140,3 @@ def _b64decode(value: str) -> bytes:
         return base64.b64decode(value.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RequestError(f'"image" is not valid base64 ({exc})') from exc
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "array", bool: "boolean", int: "number", float: "number"}
-    return names.get(type(value), type(value).__name__)

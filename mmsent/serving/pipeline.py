@@ -1,9 +1,10 @@
-"""Framework-neutral request pipeline: raw requests -> batch tensors -> model -> JSON answers.
+"""The model's side of serving: validated inputs -> batch tensors -> model -> per-input answers.
 
-A model server only has to call :meth:`SentimentPipeline.preprocess`, ``infer`` and
-``postprocess`` (or ``predict``) with the list of requests it batched. Every per-item failure is
-captured as a :class:`RequestError` in that item's slot, so one bad request never fails its batch
-mates. Nothing here imports TorchServe.
+:class:`SentimentPipeline` decodes, tokenizes (one tokenizer call per batch) and runs a list of
+inputs; every per-input failure is captured as a :class:`RequestError` for that input, so one bad
+input never fails its batch mates. It knows nothing of requests, protocols or engines: the
+exchange (``mmsent.serving.exchange``) turns an engine's batch into inputs and the outcomes back
+into replies. Nothing here imports TorchServe.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +38,17 @@ Model = Callable[..., tuple[Tensor, Tensor]]
 
 @dataclass
 class Batch:
-    """The valid part of a server batch as tensors, plus an error for each invalid slot."""
+    """The valid inputs of one pipeline call as tensors, plus an error for each invalid one.
 
-    size: int  # requests in the server's batch, valid or not
-    rows: list[int] = field(default_factory=list)  # batch slot of each tensor row
-    errors: dict[int, RequestError] = field(default_factory=dict)
+    Inputs are numbered by their position in the list given to :meth:`SentimentPipeline.
+    preprocess`; ``kept[r]`` is the input behind tensor row ``r``. Both stay inside the
+    pipeline and the exchange call that made them.
+    """
+
+    size: int  # inputs given, valid or not
+    kept: list[int] = field(default_factory=list)  # input position of each tensor row
+    items: list[Item] = field(default_factory=list)  # the parsed input of each tensor row
+    errors: dict[int, RequestError] = field(default_factory=dict)  # by input position
     truncated: list[bool] = field(default_factory=list)
     modalities: list[list[str]] = field(default_factory=list)
     tensors: dict[str, Tensor] = field(default_factory=dict)
@@ -83,19 +90,19 @@ def optimize_loaded(
     return frozen
 
 
-def _guard(slot: int, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``, or the RequestError to answer for this slot: a bug costs one item only."""
+def _guard(position: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, or the RequestError to answer for this input: a bug costs one input only."""
     try:
         return fn(*args)
     except RequestError as err:
         return err
     except Exception as exc:
-        logger.exception("unexpected error preparing request %d", slot)
+        logger.exception("unexpected error preparing input %d", position)
         return RequestError(f"internal error: {type(exc).__name__}", 500)
 
 
 class SentimentPipeline:
-    """Everything between a request's bytes and its JSON answer, batched."""
+    """Everything between an input's fields and its answer, batched."""
 
     def __init__(
         self,
@@ -146,77 +153,76 @@ class SentimentPipeline:
         return cls(model, load_tokenizer(model_dir), cfg, device, dtype, limits)
 
     # -- decode -> tokenize/preprocess ------------------------------------------------------
-    def preprocess(self, requests: Sequence[Mapping[str, Any]]) -> Batch:
-        """Validate and decode every request, then tokenize all texts in ONE tokenizer call.
+    def preprocess(self, inputs: Sequence[Any]) -> Batch:
+        """Validate and decode every input, then tokenize all texts in ONE tokenizer call.
 
         Images are decoded on a small thread pool: Pillow releases the GIL while decoding and
         resampling, so a batch's images use the cores that would otherwise idle.
         """
         start = time.perf_counter()
-        batch = Batch(size=len(requests))
-        parsed = [_guard(slot, parse_item, raw) for slot, raw in enumerate(requests)]
-        jobs = [(slot, it.image) for slot, it in enumerate(parsed)
+        batch = Batch(size=len(inputs))
+        parsed = [_guard(pos, parse_item, raw) for pos, raw in enumerate(inputs)]
+        jobs = [(pos, it.image) for pos, it in enumerate(parsed)
                 if isinstance(it, Item) and it.image is not None]  # fmt: skip
         results = self._map(
             lambda job: _guard(job[0], decode_image_uint8, job[1], self.cfg, self.limits), jobs
         )
-        decoded = {slot: result for (slot, _), result in zip(jobs, results, strict=True)}
-        items: list[Item] = []
+        decoded = {pos: result for (pos, _), result in zip(jobs, results, strict=True)}
         images: list[Tensor | None] = []
-        for slot, item in enumerate(parsed):
-            image = decoded.get(slot)
+        for pos, item in enumerate(parsed):
+            image = decoded.get(pos)
             failure = item if isinstance(item, RequestError) else image
             if isinstance(failure, RequestError):
-                batch.errors[slot] = failure
+                batch.errors[pos] = failure
                 continue
-            batch.rows.append(slot)
-            items.append(item)
+            batch.kept.append(pos)
+            batch.items.append(item)
             images.append(image)
             batch.modalities.append(
                 [m for m, v in zip(MODALITIES, (item.text, image), strict=True) if v is not None]
             )
-        if items:
-            self._tensorize(batch, items, images)
+        if batch.items:
+            self._tensorize(batch, images)
         batch.timings_ms["preprocess"] = (time.perf_counter() - start) * 1000
         return batch
 
-    def _tensorize(self, batch: Batch, items: list[Item], images: list[Tensor | None]) -> None:
+    def _tensorize(self, batch: Batch, images: list[Tensor | None]) -> None:
         """``_to_tensors`` for the valid rows; if that batch-wide step fails, retry each row
         alone, answer the rows that still fail with their own error and rebuild without them.
 
         The tokenizer call and the stacking take every row at once, so one row they choke on
-        would otherwise cost the whole TorchServe batch a 503. Validation in ``parse_item``
-        catches the known cases (lone surrogates) with a 400; this is the net for the unknown
-        ones, and it costs nothing unless a batched step raised.
+        would otherwise cost the whole engine batch a 503. Validation in ``parse_item`` catches
+        the known cases (lone surrogates) with a 400; this is the net for the unknown ones, and
+        it costs nothing unless a batched step raised.
         """
         try:
-            batch.tensors = self._to_tensors(items, images, batch)
+            batch.tensors = self._to_tensors(batch.items, images, batch)
             return
         except Exception:
             logger.exception("batched preprocessing failed; retrying its %d rows one by one",
-                             len(items))  # fmt: skip
-        keep = self._rows_that_pass_alone(batch, items, images)
-        batch.rows = [batch.rows[r] for r in keep]
+                             len(batch.items))  # fmt: skip
+        keep = self._rows_that_pass_alone(batch, images)
+        batch.kept = [batch.kept[r] for r in keep]
+        batch.items = [batch.items[r] for r in keep]
         batch.modalities = [batch.modalities[r] for r in keep]
         if not keep:
             return
-        rebuilt = _guard(-1, self._to_tensors, [items[r] for r in keep],
-                         [images[r] for r in keep], batch)  # fmt: skip
+        rebuilt = _guard(-1, self._to_tensors, batch.items, [images[r] for r in keep], batch)
         if isinstance(rebuilt, RequestError):  # every row passes alone, not together: our bug
-            batch.errors.update({slot: rebuilt for slot in batch.rows})
-            batch.rows, batch.modalities = [], []
+            batch.errors.update({pos: rebuilt for pos in batch.kept})
+            batch.kept, batch.items, batch.modalities = [], [], []
         else:
             batch.tensors = rebuilt
 
-    def _rows_that_pass_alone(
-        self, batch: Batch, items: list[Item], images: list[Tensor | None]
-    ) -> list[int]:
-        """Rows whose ``_to_tensors`` works on its own; each other row's slot gets its error."""
+    def _rows_that_pass_alone(self, batch: Batch, images: list[Tensor | None]) -> list[int]:
+        """Rows whose ``_to_tensors`` works on its own; each other row's input gets its error."""
         keep = []
-        for row, (slot, item, image) in enumerate(zip(batch.rows, items, images, strict=True)):
-            alone = _guard(slot, self._to_tensors, [item], [image], Batch(size=1))
+        for row, (pos, item, image) in enumerate(
+            zip(batch.kept, batch.items, images, strict=True)
+        ):
+            alone = _guard(pos, self._to_tensors, [item], [image], Batch(size=1))
             if isinstance(alone, RequestError):
-                batch.errors[slot] = alone
+                batch.errors[pos] = alone
             else:
                 keep.append(row)
         return keep
@@ -280,7 +286,7 @@ class SentimentPipeline:
     def infer(self, batch: Batch) -> tuple[Tensor, Tensor] | None:
         """Run the model on the valid rows; (probabilities, contributions) on CPU, also kept in
         ``batch.outputs`` so a server's postprocess step needs only the batch."""
-        if not batch.rows:
+        if not batch.kept:
             return None
         start = time.perf_counter()
         with torch.inference_mode():
@@ -295,36 +301,29 @@ class SentimentPipeline:
     # -- answer -----------------------------------------------------------------------------
     def postprocess(
         self, batch: Batch, outputs: tuple[Tensor, Tensor] | None = None
-    ) -> list[dict[str, Any]]:
-        """One JSON-ready dict per request slot, in request order (errors included).
-
-        Every answer of the batch shares one ``timings_ms`` dict, completed with this step's
-        own time just before returning, so the answers carry all three stages.
-        """
+    ) -> list[dict[str, Any] | RequestError]:
+        """Per input, in input order: its answer (label, probabilities, contributions,
+        modalities, text_truncated) or the RequestError it failed with."""
         start = time.perf_counter()
         outputs = outputs if outputs is not None else batch.outputs
-        answers: list[dict[str, Any]] = [
-            batch.errors[s].to_dict() if s in batch.errors else {} for s in range(batch.size)
+        answers: list[dict[str, Any] | RequestError] = [
+            batch.errors.get(pos, RequestError("internal error: input not run", 500))
+            for pos in range(batch.size)
         ]
-        if outputs is None:
-            return answers
-        probs, contributions = outputs
-        labels = self.cfg.labels
-        timings = {k: round(v, 2) for k, v in batch.timings_ms.items()}
-        for row, slot in enumerate(batch.rows):
-            p = probs[row].tolist()
-            c = contributions[row].tolist()
-            answers[slot] = {
-                "label": labels[max(range(len(p)), key=p.__getitem__)],
-                "probabilities": {name: round(v, 6) for name, v in zip(labels, p, strict=True)},
-                "contributions": {m: round(v, 4) for m, v in zip(MODALITIES, c, strict=True)},
-                "modalities": batch.modalities[row],
-                "text_truncated": batch.truncated[row],
-                "batch_size": batch.size,
-                "timings_ms": timings,
-            }
+        if outputs is not None:
+            probs, contributions = outputs
+            labels = self.cfg.labels
+            for row, pos in enumerate(batch.kept):
+                p = probs[row].tolist()
+                c = contributions[row].tolist()
+                answers[pos] = {
+                    "label": labels[max(range(len(p)), key=p.__getitem__)],
+                    "probabilities": {n: round(v, 6) for n, v in zip(labels, p, strict=True)},
+                    "contributions": {m: round(v, 4) for m, v in zip(MODALITIES, c, strict=True)},
+                    "modalities": batch.modalities[row],
+                    "text_truncated": batch.truncated[row],
+                }
         batch.timings_ms["postprocess"] = (time.perf_counter() - start) * 1000
-        timings["postprocess"] = round(batch.timings_ms["postprocess"], 2)
         return answers
 
     def warmup(self, runs: int = 2) -> None:
@@ -333,12 +332,8 @@ class SentimentPipeline:
         size = self.cfg.image_size
         pixels = torch.zeros(3, size, size, dtype=torch.uint8)
         for batch_size in (1, 2)[:runs]:
-            fake = Batch(size=batch_size, rows=list(range(batch_size)))
+            fake = Batch(size=batch_size, kept=list(range(batch_size)))
             fake.tensors = self._to_tensors(
                 [Item(text="warm up", image=None)] * batch_size, [pixels] * batch_size, fake
             )
             self.infer(fake)
-
-    def predict(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        batch = self.preprocess(requests)
-        return self.postprocess(batch, self.infer(batch))

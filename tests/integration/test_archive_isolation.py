@@ -18,6 +18,7 @@ import requests
 
 from conftest import MODEL_NAME, b64, jpeg_bytes
 from mmsent.harness.torchserve import TorchServe
+from mmsent.serving.exchange import Exchange
 from mmsent.serving.pipeline import SentimentPipeline
 
 pytestmark = pytest.mark.server
@@ -37,7 +38,7 @@ def test_worker_runs_the_archives_own_serving_code(
     (site / "sitecustomize.py").write_text(HIDE_INSTALLED_MMSENT)
     store, export_dir = tiny_build
     body = {"text": "the archive is self-contained", "image": b64(jpeg_bytes())}
-    expected = SentimentPipeline.from_dir(export_dir).predict([{"body": body}])[0]
+    expected = Exchange(SentimentPipeline.from_dir(export_dir)).predict([{"body": body}])[0]
     env = {"PYTHONPATH": str(site)}
     with TorchServe(store, {MODEL_NAME: f"{MODEL_NAME}.mar"}, env=env) as ts:
         resp = requests.post(f"{ts.inference_url}/predictions/{MODEL_NAME}", json=body,

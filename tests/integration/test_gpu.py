@@ -20,6 +20,7 @@ from mmsent.config import MODEL_FILENAME
 from mmsent.harness.torchserve import TorchServe
 from mmsent.modeling.export import example_inputs, export_model_dir
 from mmsent.modeling.model import build_model
+from mmsent.serving.exchange import Exchange
 from mmsent.serving.pipeline import SentimentPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,7 +111,7 @@ def test_cpu_built_export_matches_eager_on_cuda(tmp_path: Path) -> None:
 def test_pipeline_on_cuda_matches_cpu(tiny_build: tuple[Path, Path], precision: str) -> None:
     cpu = SentimentPipeline.from_dir(tiny_build[1], "cpu")
     cuda = SentimentPipeline.from_dir(tiny_build[1], "cuda:0", precision=precision)
-    ref, got = cpu.predict(_requests()), cuda.predict(_requests())
+    ref, got = Exchange(cpu).predict(_requests()), Exchange(cuda).predict(_requests())
     assert _max_prob_diff(ref, got) < (1e-3 if precision == "fp32" else 2e-2)
     assert "error" in got[-1] and got[-1]["code"] == 400  # per-item errors unchanged
 
@@ -147,7 +148,7 @@ def test_server_uses_each_assigned_gpu(tmp_path: Path, tiny_build: tuple[Path, P
                     .replace("minWorkers: 4", f"minWorkers: {2 * len(ids)}")
                     .replace("maxWorkers: 4", f"maxWorkers: {2 * len(ids)}"))  # fmt: skip
     _build(tmp_path / "store", yaml)
-    reference = SentimentPipeline.from_dir(tiny_build[1]).predict(
+    reference = Exchange(SentimentPipeline.from_dir(tiny_build[1])).predict(
         [{"body": json.dumps({"text": "a fine day", "image": b64(jpeg_bytes())})}]
     )[0]
     with TorchServe(tmp_path / "store", {MODEL_NAME: f"{MODEL_NAME}.mar"}) as ts:

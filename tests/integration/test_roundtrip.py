@@ -14,6 +14,7 @@ from mmsent.evaluation.metrics import prediction_agreement
 from mmsent.harness.torchserve import TorchServe
 from mmsent.modeling.checkpoint import load_checkpoint
 from mmsent.modeling.encoders import build_tokenizer
+from mmsent.serving.exchange import Exchange
 from mmsent.serving.pipeline import SentimentPipeline
 from mmsent.training.train import TrainConfig, train
 
@@ -43,7 +44,7 @@ def test_trained_checkpoint_served_by_torchserve_matches_eager(
         rows.append({"text": (None, e.text)} | (
             {"image": ("x.png", image.read_bytes(), "image/png")} if image else {}
         ))
-    expected = eager.predict([
+    expected = Exchange(eager).predict([
         {k: v[1].encode() if k == "text" else v[1] for k, v in row.items()} for row in rows
     ])
     with TorchServe(store, {MODEL_NAME: f"{MODEL_NAME}.mar"}) as ts:

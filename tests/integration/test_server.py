@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import MODEL_NAME, SERVED_BATCHING, b64, jpeg_bytes
 from mmsent.harness.torchserve import TorchServe
+from mmsent.serving.exchange import Exchange
 from mmsent.serving.pipeline import SentimentPipeline
 
 pytestmark = pytest.mark.server
@@ -37,7 +38,7 @@ def test_json_and_multipart_agree_with_in_process_pipeline(
     as_form = _predict(server, files=form)
     assert as_json.status_code == 200 and as_form.status_code == 200
     a, b = as_json.json(), as_form.json()
-    expected = SentimentPipeline.from_dir(tiny_build[1]).predict(
+    expected = Exchange(SentimentPipeline.from_dir(tiny_build[1])).predict(
         [{"body": {"text": text, "image": b64(image)}}]
     )[0]
     assert _close(a["probabilities"], expected["probabilities"])

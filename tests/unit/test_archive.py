@@ -8,20 +8,27 @@ from pathlib import Path
 import pytest
 
 from conftest import MODEL_NAME
-from mmsent.packaging.archive import PACKAGE, SERVING_FILES, sha256_of, verify_sha256
+from mmsent.packaging.archive import (
+    PACKAGE,
+    SERVING_FILES,
+    SERVING_PACKAGES,
+    sha256_of,
+    verify_sha256,
+)
 
 
 def test_archive_python_is_the_serving_folder_plus_the_handler(
     tiny_build: tuple[Path, Path],
 ) -> None:
-    """The .mar's Python is exactly mmsent/serving/ (whole), config, errors and the handler:
-    no model class code, nothing from modeling/, training/ or the harness."""
+    """The .mar's Python is exactly mmsent/serving/ and mmsent/wire/ (whole), config, errors and
+    the handler: no model class code, nothing from modeling/, training/ or the harness."""
     store, _ = tiny_build
     names = set(zipfile.ZipFile(store / f"{MODEL_NAME}.mar").namelist())
     for required in ("model.pt", "model_config.json", "vocab.txt", "tokenizer.json",
                      "fusion_handler.py", "model-config.yaml", "MAR-INF/MANIFEST.json"):
         assert required in names, required
-    serving = {f"mmsent/serving/{p.name}" for p in (PACKAGE / "serving").glob("*.py")}
+    serving = {f"mmsent/{pkg}/{p.name}" for pkg in SERVING_PACKAGES
+               for p in (PACKAGE / pkg).glob("*.py")}  # fmt: skip
     expected = serving | {f"mmsent/{name}" for name in SERVING_FILES} | {"fusion_handler.py"}
     assert {n for n in names if n.endswith(".py")} == expected
 

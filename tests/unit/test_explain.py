@@ -20,12 +20,12 @@ import torch
 from ts.context import Context, RequestProcessor
 
 from conftest import MODEL_NAME, b64, jpeg_bytes
+from mmsent.serving.exchange import Exchange
 from mmsent.serving.explain import (
     CLASSES_FIELD,
     GRID_FIELD,
     MODEL_ROWS,
     ExplainOptions,
-    explain_requests,
     region_ids,
     split_options,
     words_of,
@@ -59,7 +59,7 @@ def pipeline(tiny_build: tuple[Path, Path], request: pytest.FixtureRequest) -> S
 
 def _explain(pipeline: SentimentPipeline, body: dict[str, Any],
              options: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    return explain_requests(pipeline, [{"body": body, **(options or {})}])[0]
+    return Exchange(pipeline).explain([{"body": body, **(options or {})}])[0]
 
 
 @pytest.mark.parametrize("text", ODD_TEXTS)
@@ -94,7 +94,7 @@ def test_scores_are_the_probability_drops_they_claim(pipeline: SentimentPipeline
     text = "the staff were friendly"
     answer = _explain(pipeline, {"text": text, "image": b64(IMAGE)}, {CLASSES: b"all"})
     label, explanation = answer["label"], answer["explanation"]
-    image_only, text_only = pipeline.predict([{"body": {"image": b64(IMAGE)}},
+    image_only, text_only = Exchange(pipeline).predict([{"body": {"image": b64(IMAGE)}},
                                               {"body": {"text": text}}])  # fmt: skip
     for name, alone in (("text", image_only), ("image", text_only)):
         expected = answer["probabilities"][label] - alone["probabilities"][label]
@@ -166,7 +166,7 @@ def test_word_limit_is_a_413_and_batch_mates_are_answered(
 ) -> None:
     small = SentimentPipeline(pipeline.model, pipeline.tokenizer, pipeline.cfg,
                               limits=RequestLimits(max_explain_words=5))  # fmt: skip
-    answers = explain_requests(small, [
+    answers = Exchange(small).explain([
         {"body": {"text": "one two three four five six"}},
         {"body": {"text": "one two three four five"}},
         {"body": b"{broken"},
@@ -210,7 +210,7 @@ def test_handler_explains_per_item_in_a_mixed_batch(tiny_build: tuple[Path, Path
     assert set(answers[1]["explanation"]["classes"]) == set(handler.pipeline.cfg.labels)
     assert answers[4]["explanation"]["image"]["grid"] == [2, 2]
     assert [w["word"] for w in answers[4]["explanation"]["words"]] == ["multipart", "form"]
-    assert answers[0]["probabilities"] == handler.pipeline.predict(
+    assert answers[0]["probabilities"] == Exchange(handler.pipeline).predict(
         [{"body": {"text": "great day"}}])[0]["probabilities"]  # fmt: skip
 
 

@@ -24,7 +24,8 @@ import torch
 
 from mmsent.modeling.checkpoint import load_checkpoint
 from mmsent.modeling.export import export_model_dir
-from mmsent.serving.explain import explain_requests, region_ids
+from mmsent.serving.exchange import Exchange
+from mmsent.serving.explain import region_ids
 from mmsent.serving.pipeline import SentimentPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,14 +56,14 @@ def test_deleting_top_words_moves_the_answer_more_than_random_words(
     rng = random.Random(1)
     top_drops, random_drops = [], []
     for text in _texts(tiny_dataset):
-        answer = explain_requests(default_pipeline, [{"body": {"text": text}}])[0]
+        answer = Exchange(default_pipeline).explain([{"body": {"text": text}}])[0]
         label, words = answer["label"], answer["explanation"]["words"]
         p0 = answer["probabilities"][label]
         top = sorted(range(len(words)), key=lambda i: -words[i]["score"])[:K_WORDS]
         picks = [top] + [rng.sample(range(len(words)), K_WORDS) for _ in range(RANDOM_SETS)]
         edited = [" ".join(w["word"] for i, w in enumerate(words) if i not in set(pick))
                   for pick in picks]  # fmt: skip
-        after = default_pipeline.predict([{"body": {"text": t}} for t in edited])
+        after = Exchange(default_pipeline).predict([{"body": {"text": t}} for t in edited])
         drops = [p0 - a["probabilities"][label] for a in after]
         top_drops.append(drops[0])
         random_drops.append(sum(drops[1:]) / RANDOM_SETS)
@@ -85,7 +86,7 @@ def test_occluding_top_regions_moves_the_answer_more_than_random_regions(
     top_drops, random_drops = [], []
     for path in EXAMPLES:
         body = {"image": base64.b64encode(path.read_bytes()).decode()}
-        answer = explain_requests(pipeline, [{"body": body}])[0]
+        answer = Exchange(pipeline).explain([{"body": body}])[0]
         label = pipeline.cfg.labels.index(answer["label"])
         cells = [s for row in answer["explanation"]["image"]["scores"] for s in row]
         top = sorted(range(len(cells)), key=lambda i: -cells[i])[:K_CELLS]

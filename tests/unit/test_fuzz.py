@@ -26,6 +26,7 @@ from PIL import Image
 
 from conftest import b64, jpeg_bytes
 from mmsent.errors import RequestError
+from mmsent.serving.exchange import Exchange
 from mmsent.serving.imaging import decode_image
 from mmsent.serving.payload import Item, parse_item
 from mmsent.serving.pipeline import SentimentPipeline
@@ -168,10 +169,10 @@ def test_pipeline_answers_every_slot_and_good_mates_are_unharmed(
 ) -> None:
     """A fuzzed batch with one known-good request inserted: every slot gets an answer or a 4xx,
     and the good one gets exactly its answer from a clean batch."""
-    reference = pipeline.predict([GOOD])[0]
+    reference = Exchange(pipeline).predict([GOOD])[0]
     slot = min(good_at, len(batch))
     requests = [*batch[:slot], GOOD, *batch[slot:]]
-    answers = pipeline.predict(requests)
+    answers = Exchange(pipeline).predict(requests)
     assert len(answers) == len(requests)
     for answer in answers:
         _assert_valid_answer(answer, pipeline)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from conftest import MODEL_NAME, b64, jpeg_bytes
 
 HANDLER_PATH = Path(__file__).resolve().parents[2] / "handlers" / "fusion_handler.py"
+METRICS_YAML = HANDLER_PATH.parents[1] / "metrics.yaml"
 
 
 def _load_handler_class() -> type:
@@ -65,3 +69,31 @@ def test_handler_survives_an_all_bad_batch(handler_and_context: tuple[Any, Conte
     assert [a["code"] for a in answers] == [400, 400]
     answers = _run(handler, context, [{"body": {"text": "still alive"}}])
     assert answers[0]["label"] in handler.pipeline.cfg.labels
+
+
+def test_batch_size_counts_the_requests_torchserve_batched(
+    handler_and_context: tuple[Any, Context], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``batch_size`` (answers) and the BatchSize metric are the requests TorchServe batched,
+    whatever became of them: here 5 requests, one refused, one past its deadline, one
+    /explanations, one Open Inference request of 3 items. Rows are reported apart (6: the
+    late request never became one)."""
+    handler, context = handler_and_context
+    cache = MetricsCacheYamlImpl(str(METRICS_YAML))
+    cache.initialize_cache()
+    context.metrics = cache
+    rest = {"content-type": "application/json"}
+    past = str(int(time.time() * 1000) - 60_000)
+    v2 = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": ["a", "b", "c"]}]}
+    data = [{"body": {"text": "a good day"}}, {"body": b"{not json"},
+            {"body": {"text": "too late"}}, {"body": {"text": "explain this"}}, {"body": v2}]
+    headers = [rest, rest, {**rest, "x-request-deadline": past}, {**rest, "explain": "True"}, rest]
+    context.request_processor = [RequestProcessor(h) for h in headers]
+    with caplog.at_level(logging.INFO, logger="ts.metrics"):
+        answers = [json.loads(out) for out in handler.handle(data, context)]
+    assert [context.get_response_status(i)[0] for i in range(5)] == [200, 400, 408, 200, 200]
+    assert answers[0]["batch_size"] == 5 and answers[0]["batch_rows"] == 6
+    assert answers[3]["batch_size"] == 5 and "explanation" in answers[3]
+    assert answers[4]["parameters"] == {"batch_size": 5, "batch_rows": 6}
+    emitted = [r.getMessage() for r in caplog.records if "BatchSize" in r.getMessage()]
+    assert len(emitted) == 1 and "BatchSize.Count:5|" in emitted[0], emitted

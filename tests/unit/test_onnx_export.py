@@ -20,6 +20,7 @@ from mmsent.modeling.onnx_export import (
     onnx_session,
     run_onnx,
 )
+from mmsent.serving.exchange import Exchange
 from mmsent.serving.pipeline import SentimentPipeline
 
 TOL = 1e-4
@@ -96,8 +97,8 @@ def test_onnx_pipeline_answers_like_torchscript(tiny_onnx) -> None:
     ]
     onnx_pipe = SentimentPipeline.from_dir(onnx_dir)
     assert type(onnx_pipe.model).__name__ == "OnnxModel"
-    got = onnx_pipe.predict(requests)
-    want = SentimentPipeline.from_dir(ts_dir).predict(requests)
+    got = Exchange(onnx_pipe).predict(requests)
+    want = Exchange(SentimentPipeline.from_dir(ts_dir)).predict(requests)
     for a, b in zip(got, want, strict=True):
         if "error" in b:
             assert a == b

@@ -17,7 +17,9 @@ from conftest import MODEL_NAME, b64, jpeg_bytes
 from mmsent.errors import RequestError
 from mmsent.serving import open_inference as oip
 from mmsent.serving.limits import RequestLimits
+from mmsent.serving.messages import BatchInfo, Request
 from mmsent.serving.payload import parse_item
+from mmsent.serving.protocols import OpenInference
 
 LIMITS = RequestLimits()
 REST = {"content-type": "application/json"}  # any header: TorchServe's gRPC jobs carry none
@@ -98,7 +100,7 @@ def test_grpc_form_is_base64_decoded_and_answered_with_a_full_envelope() -> None
     """TorchServe's ModelInfer base64-encodes every bytes_contents element for the handler."""
     raw = v2(tensor("text", [b64("héllo".encode())]), tensor("image", [b64(IMAGE)]),
              id="", model_name=MODEL_NAME)  # fmt: skip
-    request = oip.parse_request(raw, {}, LIMITS)
+    request = oip.parse_request(raw, {}, LIMITS, grpc=True)
     assert request.grpc and request.request_id is None
     item = parse_item(request.items[0])
     assert (item.text, item.image) == ("héllo", IMAGE)
@@ -106,14 +108,14 @@ def test_grpc_form_is_base64_decoded_and_answered_with_a_full_envelope() -> None
 
 def test_grpc_element_that_is_not_base64_is_a_400_not_a_crash() -> None:
     with pytest.raises(RequestError, match="not the base64 TorchServe sends"):
-        oip.parse_request(v2(tensor("text", ["%%%"])), {}, LIMITS)
+        oip.parse_request(v2(tensor("text", ["%%%"])), {}, LIMITS, grpc=True)
 
 
 BAD_CASES = [
     ("inputs-missing", {"body": {"id": "x"}}, 400, '"inputs" must be a non-empty list'),
     ("inputs-not-a-list", {"body": {"inputs": {"name": "text"}}}, 400, "non-empty list"),
     ("inputs-empty", v2(), 400, "non-empty list"),
-    ("input-not-object", v2("text"), 400, "each input must be an object, got str"),
+    ("input-not-object", v2("text"), 400, "each input must be an object, got string"),
     ("unknown-input", v2(tensor("caption", ["x"])), 400, 'unknown input "caption"'),
     ("input-twice", v2(tensor("text", ["a"]), tensor("text", ["b"])), 400, "given twice"),
     ("wrong-datatype", v2({**tensor("text", [1.5]), "datatype": "FP32"}), 400,
@@ -151,7 +153,7 @@ def test_bad_requests_are_refused_with_a_clear_message(raw: Any, status: int, me
     [
         ("x", b'{"inputs": []}', "must be an integer"),
         ("999", b'{"inputs": []}', "does not fit"),
-        ("3", b"{no", "not valid JSON"),
+        ("3", b"{no", "malformed Open Inference JSON header"),
     ],
 )
 def test_bad_binary_framing_is_refused(header: str, body: bytes, message: str) -> None:
@@ -185,7 +187,7 @@ def _answer(p: tuple[float, float, float], c: tuple[float, float]) -> dict[str, 
             "contributions": {"text": c[0], "image": c[1]}}  # fmt: skip
 
 
-CTX = oip.AnswerContext(MODEL_NAME, "1.0", LABELS, batch_size=3, batch_rows=4)
+CTX = BatchInfo(MODEL_NAME, "1.0", LABELS, batch_size=3, batch_rows=4)
 
 
 def test_response_is_the_protocol_form_with_row_major_tensors() -> None:
@@ -226,26 +228,34 @@ def test_grpc_answers_always_carry_what_torchserves_converter_dereferences() -> 
 
 
 def test_one_bad_item_refuses_the_whole_request_naming_its_index() -> None:
-    items = [{"body": {"text": "plain"}}, v2(tensor("text", ["a", "b", "c"]), id="z")]
-    headers = [REST, REST]
-    refused: dict[int, RequestError] = {}
-    expansion = oip.expand(items, [0, 1], items, headers, LIMITS, refused)
-    assert expansion.rows == [0, 1, 1, 1] and not refused
-    answers = [_answer((0, 0, 1), (1, 0))] * 4
-    row_errors = {2: RequestError('"text" is not valid UTF-8')}
-    bodies, errors = oip.collect(expansion, expansion.rows, answers, row_errors, refused, CTX)
-    assert list(bodies) == [1] and bodies[1] == {"error": 'item 1: "text" is not valid UTF-8'}
-    assert errors[1].status == 400
+    protocol = OpenInference()
+    plain = Request({"body": {"text": "plain"}}, REST)
+    request = Request(v2(tensor("text", ["a", "b", "c"]), id="z"), REST)
+    assert not protocol.claims(plain) and protocol.claims(request)
+    rows = protocol.decode(request, LIMITS)
+    request.rows = rows
+    assert [row.fields for row in rows] == [{"text": "a"}, {"text": "b"}, {"text": "c"}]
+    for row in rows:
+        row.answer = _answer((0, 0, 1), (1, 0))
+    rows[1].answer, rows[1].error = None, RequestError('"text" is not valid UTF-8')
+    reply = protocol.encode(request, CTX)
+    assert reply.body == {"error": 'item 1: "text" is not valid UTF-8'} and reply.status == 400
 
 
 def test_refusals_before_parsing_keep_the_protocol_form() -> None:
-    """A v2 request refused before its rows exist (deadline) answers {"error"} / the gRPC form."""
-    data = [v2(tensor("text", ["a"]), id="late"), v2(tensor("txt", ["a"]), id="g")]
-    refused = {0: RequestError("deadline passed", 408)}
-    expansion = oip.expand(data, [1], [data[1]], [REST, {}], LIMITS, refused)
-    bodies, errors = oip.collect(expansion, expansion.rows, [], {}, refused, CTX)
-    assert bodies[0] == {"error": "deadline passed"} and errors[0].status == 408
-    assert bodies[1]["id"] == "g" and bodies[1]["outputs"][0]["name"] == "error"
+    """A v2 request refused before its rows exist (deadline, bad envelope) answers {"error"}
+    over REST and the well-formed error response over gRPC, with the id it sent."""
+    protocol = OpenInference()
+    late = Request(v2(tensor("text", ["a"]), id="late"), REST)
+    assert protocol.claims(late)
+    reply = protocol.refuse(late, RequestError("deadline passed", 408), CTX)
+    assert reply.body == {"error": "deadline passed"} and reply.status == 408
+    bad = Request(v2(tensor("txt", ["a"]), id="g"), {}, grpc=True)
+    assert protocol.claims(bad)
+    with pytest.raises(RequestError) as refused:
+        protocol.decode(bad, LIMITS)
+    body = protocol.refuse(bad, refused.value, CTX).body
+    assert body["id"] == "g" and body["outputs"][0]["name"] == "error"
 
 
 def test_metadata_describes_what_the_parser_takes() -> None:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import b64, jpeg_bytes
+from mmsent.serving.exchange import Exchange
 from mmsent.serving.limits import RequestLimits
 from mmsent.serving.pipeline import SentimentPipeline
 
@@ -63,7 +64,7 @@ def test_bad_items_fail_alone_and_good_ones_match_a_clean_batch(
         requests.append(raw)
     requests.append({"text": b"only text", "image": None})
     requests.append({"body": jpeg_bytes((64, 48), (0, 0, 255))})  # bare image body
-    answers = pipeline.predict(requests)
+    answers = Exchange(pipeline).predict(requests)
     assert len(answers) == len(requests)
     for (name, (_, status, message)), answer in zip(BAD_CASES.items(), answers[1:], strict=False):
         assert answer["code"] == status, name
@@ -74,18 +75,18 @@ def test_bad_items_fail_alone_and_good_ones_match_a_clean_batch(
         assert answer["label"] in pipeline.cfg.labels
         assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         assert answer["batch_size"] == len(requests)
-    alone = pipeline.predict([GOOD_JSON])[0]
+    alone = Exchange(pipeline).predict([GOOD_JSON])[0]
     for label, p in alone["probabilities"].items():
         assert answers[0]["probabilities"][label] == pytest.approx(p, abs=1e-5)
 
 
 def test_all_bad_batch_returns_only_errors(pipeline: SentimentPipeline) -> None:
-    answers = pipeline.predict([raw for raw, _, _ in BAD_CASES.values()])
+    answers = Exchange(pipeline).predict([raw for raw, _, _ in BAD_CASES.values()])
     assert all("error" in a for a in answers)
 
 
 def test_contributions_follow_the_modalities_present(pipeline: SentimentPipeline) -> None:
-    text_only, image_only, both = pipeline.predict([
+    text_only, image_only, both = Exchange(pipeline).predict([
         {"body": {"text": "hi"}}, {"body": {"image": b64(jpeg_bytes())}}, GOOD_JSON,
     ])
     assert text_only["contributions"] == {"text": 1.0, "image": 0.0}
@@ -104,7 +105,7 @@ def test_batch_is_tokenized_in_one_call(pipeline: SentimentPipeline) -> None:
 
     pipeline.tokenizer = Counting()
     try:
-        pipeline.predict([{"body": {"text": f"text number {i}"}} for i in range(6)])
+        Exchange(pipeline).predict([{"body": {"text": f"text number {i}"}} for i in range(6)])
     finally:
         pipeline.tokenizer = real
     assert calls == [6]
@@ -112,7 +113,7 @@ def test_batch_is_tokenized_in_one_call(pipeline: SentimentPipeline) -> None:
 
 def test_long_text_is_truncated_and_says_so(pipeline: SentimentPipeline) -> None:
     limit = pipeline.limits.max_text_chars
-    short, long_tokens, huge = pipeline.predict([
+    short, long_tokens, huge = Exchange(pipeline).predict([
         {"body": {"text": "fine"}},
         {"body": {"text": "word " * (pipeline.cfg.max_text_length * 2)}},
         {"body": {"text": "x" * (limit * 3)}},
@@ -124,21 +125,21 @@ def test_long_text_is_truncated_and_says_so(pipeline: SentimentPipeline) -> None
 
 @pytest.mark.parametrize("text", ["😀😀 love it", "هذا رائع جدا", "שלום עולם", "naïve café 中文"])
 def test_unicode_text_is_accepted(pipeline: SentimentPipeline, text: str) -> None:
-    (answer,) = pipeline.predict([{"body": json.dumps({"text": text}).encode()}])
+    (answer,) = Exchange(pipeline).predict([{"body": json.dumps({"text": text}).encode()}])
     assert answer["modalities"] == ["text"], answer
 
 
 @pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGBA", "I;16", "I", "CMYK"])
 def test_unusual_image_modes_are_converted(pipeline: SentimentPipeline, mode: str) -> None:
     data = _png(mode, transparency=0) if mode == "P" else _png(mode)
-    (answer,) = pipeline.predict([{"image": data}])
+    (answer,) = Exchange(pipeline).predict([{"image": data}])
     assert answer.get("modalities") == ["image"], answer
 
 
 def test_empty_image_means_no_image_on_every_route(pipeline: SentimentPipeline) -> None:
     """One rule for an empty image field, whatever the route: it counts as absent (what a
     browser sends for a form whose file input was left empty). Before, JSON said 400."""
-    answers = pipeline.predict([
+    answers = Exchange(pipeline).predict([
         {"text": b"just words", "image": b""},  # multipart / gRPC part of zero bytes
         {"text": "just words", "image": "  "},  # a form field typed in as text
         {"body": {"text": "just words", "image": ""}},  # JSON, empty base64
@@ -148,7 +149,7 @@ def test_empty_image_means_no_image_on_every_route(pipeline: SentimentPipeline) 
     assert [a["modalities"] for a in answers] == [["text"]] * 5, answers
     first = answers[0]["probabilities"]
     assert all(a["probabilities"] == pytest.approx(first, abs=1e-5) for a in answers)
-    nothing = pipeline.predict([{"text": b"", "image": b""}, {"body": {"image": ""}}])
+    nothing = Exchange(pipeline).predict([{"text": b"", "image": b""}, {"body": {"image": ""}}])
     assert all(a["code"] == 400 and "needs non-empty" in a["error"] for a in nothing)
 
 
@@ -161,8 +162,8 @@ def test_several_poisoned_texts_fail_alone(pipeline: SentimentPipeline) -> None:
                 {"body": b'{"text": "emoji half \\ud83d"}'},
                 {"body": {"text": "x" * 25_000 + "\udc00"}}]  # fmt: skip
     mixed = [good[0], poisoned[0], poisoned[1], good[1], poisoned[2], good[2], poisoned[3], good[3]]
-    answers = pipeline.predict(mixed)
-    clean = pipeline.predict(good)
+    answers = Exchange(pipeline).predict(mixed)
+    clean = Exchange(pipeline).predict(good)
     for i in (1, 2, 4, 6):
         assert answers[i]["code"] == 400 and "lone surrogate" in answers[i]["error"], answers[i]
     for mate, ref in zip([answers[i] for i in (0, 3, 5, 7)], clean, strict=True):
@@ -181,10 +182,10 @@ def test_a_failing_batched_step_is_retried_item_by_item(pipeline: SentimentPipel
         return real(texts, **kw)
 
     good = [{"body": {"text": f"fine text {i}"}} for i in range(3)]
-    clean = pipeline.predict(good)
+    clean = Exchange(pipeline).predict(good)
     pipeline.tokenizer = picky
     try:
-        answers = pipeline.predict([good[0], {"body": {"text": "POISON one"}}, good[1],
+        answers = Exchange(pipeline).predict([good[0], {"body": {"text": "POISON one"}}, good[1],
                                     {"text": b"POISON two", "image": jpeg_bytes()}, good[2]])
     finally:
         pipeline.tokenizer = real
@@ -197,7 +198,7 @@ def test_a_failing_batched_step_is_retried_item_by_item(pipeline: SentimentPipel
 
 def test_data_uri_base64_is_accepted(pipeline: SentimentPipeline) -> None:
     uri = "data:image/jpeg;base64," + b64(jpeg_bytes())
-    (answer,) = pipeline.predict([{"body": {"image": uri}}])
+    (answer,) = Exchange(pipeline).predict([{"body": {"image": uri}}])
     assert answer["modalities"] == ["image"]
 
 
@@ -208,7 +209,7 @@ def test_decompression_bomb_is_refused_before_decoding(
     buf = io.BytesIO()
     Image.new("1", (side, side), 0).save(buf, "PNG")
     assert len(buf.getvalue()) < 100_000  # small file, huge pixel count
-    (answer,) = pipeline.predict([{"image": buf.getvalue()}, ][:1])
+    (answer,) = Exchange(pipeline).predict([{"image": buf.getvalue()}, ][:1])
     assert answer["code"] == 413
     assert "pixels" in answer["error"] or "bomb" in answer["error"]
 
@@ -218,6 +219,7 @@ def test_image_over_byte_limit_is_refused(pipeline: SentimentPipeline) -> None:
         pipeline.model, pipeline.tokenizer, pipeline.cfg,
         limits=RequestLimits(max_image_bytes=1000, max_image_pixels=10**7, max_text_chars=100),
     )
-    big, ok = small.predict([{"image": jpeg_bytes((300, 300))}, {"body": {"text": "fine"}}])
+    big, ok = Exchange(small).predict([{"image": jpeg_bytes((300, 300))},
+                                       {"body": {"text": "fine"}}])
     assert big["code"] == 413 and "limit" in big["error"]
     assert ok["label"] in pipeline.cfg.labels

@@ -29,6 +29,7 @@ from mmsent.modeling.export import (
 )
 from mmsent.modeling.model import build_model
 from mmsent.modeling.portable_graph import make_portable, pinned_constants
+from mmsent.serving.exchange import Exchange
 from mmsent.serving.imaging import decode_image
 from mmsent.serving.pipeline import SentimentPipeline, resolve_dtype
 
@@ -163,7 +164,7 @@ def test_half_precision_runs_the_exported_graph_on_cpu(
     requests = [{"body": f'{{"text": "great day {i}", "image": "{im}"}}'}
                 for i, im in enumerate(images)]  # fmt: skip
     requests += [{"text": "text only"}, {"image": jpeg_bytes()}]
-    ref, got = fp32.predict(requests), half.predict(requests)
+    ref, got = Exchange(fp32).predict(requests), Exchange(half).predict(requests)
     for a, b in zip(ref, got, strict=True):
         assert set(b) == set(a)
         diff = max(abs(a["probabilities"][k] - b["probabilities"][k]) for k in a["probabilities"])
