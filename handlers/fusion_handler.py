@@ -29,18 +29,13 @@ from mmsent.serving.pipeline import SentimentPipeline
 
 logger = logging.getLogger(__name__)
 
-# TorchServe 0.12's gRPC StreamPredictions job reads this response header on EVERY answer and
-# throws a NullPointerException in the frontend when it is missing (GRPCJob.response), which
-# kills the worker and fails its batch mates. "false" = "this is the last (here: only) message of
-# the stream". The backend cannot tell a stream call from a unary one (both arrive as the same
-# "I" command, without headers), so every answer to a gRPC item carries it; unary gRPC ignores it.
-# REST must NOT get it: RestJob treats it as a chunked stream and never writes the status line.
+# TorchServe 0.12's gRPC StreamPredictions job reads this header on EVERY gRPC answer and throws
+# in the frontend without it (GRPCJob.response), killing the worker. "false" = last message of
+# the stream; unary gRPC ignores it. REST must NOT get it (RestJob then never writes a status).
 STREAM_NEXT = "ts_stream_next"
 
-# The handler's model metrics: name -> (TorchServe metric type, unit); metrics.yaml declares
-# exactly these (a test keeps them equal), which is what puts them on the metrics port. Stage
-# times are per batch in seconds (TorchServe's Prometheus histograms use the client library's
-# default 5 ms .. 10 s buckets). BatchSize counts the requests TorchServe batched.
+# Model metrics: name -> (TorchServe type, unit), exactly as metrics.yaml declares them (tested).
+# Stage times are per batch, in seconds, to fit Prometheus' default 5 ms .. 10 s buckets.
 HANDLER_METRICS: dict[str, tuple[str, str]] = {
     "HandlerTime": ("gauge", "ms"),
     "BatchSize": ("histogram", "Count"),
@@ -63,11 +58,8 @@ class FusionSentimentHandler(BaseHandler):
     """``initialize`` loads the model; ``handle`` runs one TorchServe batch through the exchange."""
 
     def initialize(self, context: Context) -> None:
-        """Load the model on the GPU TorchServe assigned to this worker (else CPU).
-
-        TorchServe gives each worker its own ``gpu_id`` (round-robin over ``deviceIds`` in
-        model-config.yaml); the worker must use exactly that GPU, never a default ``cuda:0``.
-        """
+        """Load the model on the GPU TorchServe assigned to this worker (``gpu_id``, round-robin
+        over ``deviceIds``), never a default ``cuda:0``; on the CPU without one."""
         props = context.system_properties
         device = serving_device(props.get("gpu_id"), torch.cuda.is_available())
         if device.startswith("cuda"):
@@ -79,11 +71,10 @@ class FusionSentimentHandler(BaseHandler):
         model = (getattr(context, "manifest", None) or {}).get("model") or {}
         self.exchange = Exchange(self.pipeline, getattr(context, "model_name", None) or "",
                                  model.get("modelVersion"))  # fmt: skip
-        self.context = context
-        self.initialized = True
-        logger.info("fusion sentiment model: gpu_id=%s assigned, loaded on %s in %s",
-                    props.get("gpu_id"), device, self.pipeline.dtype)  # fmt: skip
-        logger.info("serving code from %s", Path(exchange_module.__file__).parent)
+        self.context, self.initialized = context, True
+        logger.info("gpu_id=%s assigned, loaded on %s in %s; serving code from %s",
+                    props.get("gpu_id"), device, self.pipeline.dtype,
+                    Path(exchange_module.__file__).parent)  # fmt: skip
 
     def handle(self, data: list[dict[str, Any]], context: Context) -> list[str]:
         """One reply per request, in order: status, content type, headers, JSON body."""
@@ -105,13 +96,11 @@ class FusionSentimentHandler(BaseHandler):
 
 
 def to_request(context: Context, slot: int, raw: Any) -> Request:
-    """TorchServe's item ``slot`` as an exchange request.
+    """TorchServe's item ``slot`` as an exchange request, header names lower-cased.
 
-    Header names are lower-cased (HTTP names are case-blind). TorchServe mixes each input
-    field's content type (a dict) into the same map: those are not headers and are dropped, so
-    a gRPC item has none, which is how gRPC is told apart (the backend never sees the
-    transport). ``/explanations`` requests carry the header ``explain: True``, read per item
-    (``BaseHandler._is_explain`` looks at item 0 only, but one batch can mix both routes).
+    TorchServe mixes each input field's content type (a dict) into the headers: dropped, so a
+    gRPC item has none, which is how gRPC is told apart. ``explain: True`` marks
+    ``/explanations``, read per item (one batch can mix both routes).
     """
     props = context.get_all_request_header(slot) or {}
     headers = {str(k).lower(): v for k, v in props.items() if isinstance(v, str)}
@@ -119,26 +108,16 @@ def to_request(context: Context, slot: int, raw: Any) -> Request:
 
 
 def status_phrase(message: str, limit: int = 200) -> str:
-    """``message`` as a safe HTTP reason phrase: printable ASCII only, one line, bounded.
-
-    TorchServe 0.12's worker frames the phrase with its length in *characters*
-    (``create_predict_response``: ``len(phrase)`` then ``phrase.encode("utf-8")``), so one
-    non-ASCII character in it (e.g. an echoed bad value) desynchronises the frame: the frontend
-    reads a garbage length ("Message size exceed limit"), drops the connection and restarts the
-    worker, failing every batch mate. The full message still goes out in the JSON body.
-    """
+    """``message`` as a safe HTTP reason phrase: printable ASCII, bounded. TorchServe 0.12 frames
+    the phrase with its length in characters, so one non-ASCII character desynchronises the frame
+    and restarts the worker (measured); the full message still goes out in the JSON body."""
     return "".join(ch if " " <= ch <= "~" else "?" for ch in message)[:limit]
 
 
 def emit_metrics(context: Context, outcome: Outcome, handler_ms: float) -> None:
-    """The handler's model metrics (``HANDLER_METRICS``), one emission per batch.
-
-    Each goes to TorchServe's metrics pipeline with its declared type, so under
-    ``metrics_mode=prometheus`` the metrics port serves a batch-size histogram, stage-time
-    histograms and an error counter by HTTP status. Dimensions are passed explicitly in
-    metrics.yaml's order: TorchServe's own defaults append to a shared list (a mutable
-    default argument). Metrics must never cost an answer, so failures are only logged.
-    """
+    """``HANDLER_METRICS``, once per batch, each with its declared type (Prometheus mode serves
+    histograms and a counter by status). Dimensions are explicit: TorchServe's default list is
+    a shared mutable default. Metrics never cost an answer: failures are only logged."""
     metrics = getattr(context, "metrics", None)
     if metrics is None:
         return
