@@ -24,6 +24,7 @@ from mmsent.serving import exchange as exchange_module
 from mmsent.serving.exchange import Exchange, Outcome
 from mmsent.serving.explain import EXPLAIN_HEADER
 from mmsent.serving.limits import RequestLimits
+from mmsent.serving.logs import OneLine
 from mmsent.serving.messages import Request
 from mmsent.serving.pipeline import SentimentPipeline
 
@@ -33,6 +34,11 @@ logger = logging.getLogger(__name__)
 # in the frontend without it (GRPCJob.response), killing the worker. "false" = last message of
 # the stream; unary gRPC ignores it. REST must NOT get it (RestJob then never writes a status).
 STREAM_NEXT = "ts_stream_next"
+
+# TorchServe's worker logs these with a traceback when a body does not decode (JSON with an
+# application/json content type); the request is the client's mistake and the exchange answers
+# it 400 with one log line of its own, so the worker's line stays and its traceback goes.
+CLIENT_BODY_LOGS = OneLine("Failed json decoding of input data", "Failed utf-8 decoding")
 
 # Model metrics: name -> (TorchServe type, unit), exactly as metrics.yaml declares them (tested).
 # Stage times are per batch, in seconds, to fit Prometheus' default 5 ms .. 10 s buckets.
@@ -72,6 +78,7 @@ class FusionSentimentHandler(BaseHandler):
         self.exchange = Exchange(self.pipeline, getattr(context, "model_name", None) or "",
                                  model.get("modelVersion"))  # fmt: skip
         self.context, self.initialized = context, True
+        logging.getLogger().addFilter(CLIENT_BODY_LOGS)  # TorchServe logs on the root logger
         logger.info("gpu_id=%s assigned, loaded on %s in %s; serving code from %s",
                     props.get("gpu_id"), device, self.pipeline.dtype,
                     Path(exchange_module.__file__).parent)  # fmt: skip

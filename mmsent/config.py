@@ -88,7 +88,7 @@ class ModelConfig:
     precision: str = "auto"  # serving dtype, one of PRECISIONS; the export itself is fp32
     runtime: str = "torchscript"  # one of RUNTIMES: which file the archive holds, who loads it
     # attention fusion's image input: "cells" (every CNN cell is a key) or "evidence" (one key:
-    # an image classifier's log-probabilities, trained cross-fitted; see docs/TRAINING.md)
+    # an image classifier's log-probabilities, trained cross-fitted; see docs/training.md)
     image_input: str = "cells"
     # softmax temperature fitted on the validation split: served probabilities are
     # softmax(logits / temperature). 1.0 = uncalibrated (and what archives without it mean)

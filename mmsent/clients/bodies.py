@@ -9,6 +9,9 @@ generators can never disagree on field names or encodings.
 from __future__ import annotations
 
 import base64
+import time
+
+from mmsent.config import DEADLINE_HEADER
 
 
 def json_body(text: str | None = None, image: bytes | None = None) -> dict[str, str]:
@@ -29,3 +32,18 @@ def form_fields(text: str | None = None, image: bytes | None = None) -> dict[str
     if image is not None:
         fields["image"] = bytes(image)
     return fields
+
+
+def deadline_after(timeout: float) -> str:
+    """The ``X-Request-Deadline`` value (epoch ms) for a client that waits ``timeout`` seconds.
+
+    TorchServe 0.12 cannot see a REST client leave (its batch aggregator never checks the
+    channel), so a client that gives up must say when: the worker then answers 408 without
+    decoding or running the request. Our clients send it by default.
+    """
+    return str(int((time.time() + timeout) * 1000))
+
+
+def deadline_header(timeout: float) -> dict[str, str]:
+    """``{X-Request-Deadline: ...}`` for a REST request with ``timeout`` (gRPC: an input field)."""
+    return {DEADLINE_HEADER: deadline_after(timeout)}

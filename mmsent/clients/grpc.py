@@ -26,8 +26,8 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
-from mmsent.clients.bodies import form_fields
-from mmsent.config import DEFAULT_PORTS, MAX_MESSAGE_BYTES
+from mmsent.clients.bodies import deadline_after, form_fields
+from mmsent.config import DEADLINE_HEADER, DEFAULT_PORTS, MAX_MESSAGE_BYTES
 
 try:
     from mmsent.clients.grpc_stubs import (
@@ -145,7 +145,12 @@ class GrpcClient:
         ).health
 
     def predict_raw(self, model: str, fields: Mapping[str, bytes], version: str = "") -> bytes:
-        """Send one request's ``input`` map; return the prediction bytes or raise."""
+        """Send one request's ``input`` map; return the prediction bytes or raise.
+
+        Unless ``fields`` has one, an ``x-request-deadline`` field (now + ``timeout``) goes
+        along: TorchServe does not pass gRPC deadlines to the worker, this field reaches it.
+        """
+        fields = {DEADLINE_HEADER: deadline_after(self.timeout).encode(), **fields}
         request = inference_pb2.PredictionsRequest(
             model_name=model, model_version=version, input=dict(fields)
         )

@@ -28,7 +28,8 @@ from pathlib import Path
 import requests
 
 from mmsent.clients.auth import bearer
-from mmsent.config import DEADLINE_HEADER, DEFAULT_MODEL_NAME, DEFAULT_PORTS
+from mmsent.clients.bodies import deadline_header
+from mmsent.config import DEFAULT_MODEL_NAME, DEFAULT_PORTS
 from mmsent.wire.workers import ready_workers as wire_ready_workers
 
 PROBE_BODY = {"text": "readiness probe"}
@@ -65,12 +66,11 @@ def probe_inference(
     It carries a deadline of ``timeout`` so that, if the worker is wedged, the queued probe is
     skipped (408, no model run) when the worker comes back instead of adding to its backlog.
     """
-    deadline_ms = int((time.time() + timeout) * 1000)
     start = time.perf_counter()
     try:
         resp = requests.post(
             f"{inference_url}/predictions/{model}", json=PROBE_BODY, timeout=timeout,
-            headers={**(headers or {}), DEADLINE_HEADER: str(deadline_ms)},
+            headers={**(headers or {}), **deadline_header(timeout)},
         )  # fmt: skip
     except requests.RequestException as exc:
         return None, (time.perf_counter() - start) * 1000, f"no answer: {type(exc).__name__}"

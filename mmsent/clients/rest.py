@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 
 from mmsent.clients.auth import bearer
-from mmsent.clients.bodies import form_fields, json_body
+from mmsent.clients.bodies import deadline_header, form_fields, json_body
 from mmsent.config import DEFAULT_MODEL_NAME, DEFAULT_PORTS
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORTS['inference']}/predictions/{DEFAULT_MODEL_NAME}"
@@ -21,9 +21,13 @@ DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORTS['inference']}/predictions/{DEFAU
 
 def predict(url: str, text: str | None, image: Path | None, multipart: bool = False,
             timeout: float = 60.0, headers: dict[str, str] | None = None) -> requests.Response:
-    """JSON body with a base64 image (default) or multipart form with an image file."""
+    """JSON body with a base64 image (default) or multipart form with an image file.
+
+    The request carries ``X-Request-Deadline`` = now + ``timeout``: if this client gives up,
+    the server skips the work instead of computing an answer nobody reads.
+    """
     data = image.read_bytes() if image else None
-    headers = headers or {}
+    headers = {**deadline_header(timeout), **(headers or {})}
     if multipart:
         files = {name: (image.name if name == "image" else None, value)
                  for name, value in form_fields(text, data).items()}  # fmt: skip

@@ -3,7 +3,7 @@
 It is shared by the "tweets + emoji" dataset, the MVSA merge and modality dropout, so the three can
 never disagree about what a pair means.
 
-Rule (documented in docs/TRAINING.md):
+Rule (documented in docs/training.md):
 
 * both modalities agree -> that label;
 * one modality is neutral -> the polar one decides (a neutral caption under an angry emoji is

@@ -66,7 +66,7 @@ def load_mvsa(root: str | Path, kind: str = "auto") -> tuple[list[Example], dict
     label_file = root / "labelResultAll.txt"
     data_dir = root / "data"
     if not label_file.exists() or not data_dir.is_dir():
-        raise FileNotFoundError(f"{root} lacks labelResultAll.txt or data/ (see docs/TRAINING.md)")
+        raise FileNotFoundError(f"{root} lacks labelResultAll.txt or data/ (see docs/training.md)")
     lines = label_file.read_text(encoding="utf-8", errors="replace").splitlines()
     stats = Counter({"rows": 0, "no_majority": 0, "conflict": 0, "missing_files": 0, "kept": 0})
     examples = []

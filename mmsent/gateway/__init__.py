@@ -3,7 +3,7 @@ wrapper in the KServe pod.
 
 Why: TorchServe 0.12 does not serve the protocol's model metadata or per-model ready routes, its
 v2 gRPC service has a package name stock clients do not call, and the kfs wrapper's gRPC path
-forwards only the first element of the first input (docs/DEPLOY.md "Why we replace the
+forwards only the first element of the first input (docs/kubernetes.md "Why we replace the
 wrapper"). The gateway is a ``kserve.Model`` that forwards the whole v2 request to TorchServe's
 REST ``/v2/models/<name>/infer`` (which our handler implements fully), so KServe's REST and gRPC
 front-ends both serve it.

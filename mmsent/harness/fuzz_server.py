@@ -65,7 +65,7 @@ ALLOWED_5XX: dict[str, str] = {
 # Malformed HTTP framing that TorchServe 0.12's Netty frontend leaves without any answer: it
 # holds the connection open until the client gives up (RFC 9112 says 400 and close). Measured by
 # this fuzzer; it touches no worker and no other connection (the mates check proves it). Put a
-# reverse proxy in front (README "Serving config") and it answers 400 for the frontend.
+# reverse proxy in front (docs/serving.md) and it answers 400 for the frontend.
 UNANSWERED_FRAMING: dict[str, str] = {
     "invalid Content-Length": "a non-numeric, negative, overflowing or listed Content-Length",
     "request line over 4096 bytes": "Netty's HttpObjectDecoder default maxInitialLineLength",
@@ -545,7 +545,7 @@ CLI_DOC = """Fuzz a real TorchServe for N minutes with hostile raw HTTP and gRPC
 Starts its own TorchServe on free loopback ports (never touches a running one), serving the
 archive in ``--store`` (default: builds the tiny test archive, which runs the same handler and
 pipeline as the default model, in seconds). See mmsent/fuzz_server.py for what is sent and
-checked, docs/RELIABILITY.md "Byte-level fuzzing of the server" for recorded runs.
+checked, docs/reliability.md "Byte-level fuzzing of the server" for recorded runs.
 
     python scripts/fuzz_server.py --minutes 5 --seed 1      # -> results/fuzz-server-<ts>.json
     python scripts/fuzz_server.py --store /tmp/store --minutes 30

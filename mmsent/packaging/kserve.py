@@ -5,7 +5,7 @@ KServe mounts the ``storageUri`` at ``/mnt/models``. Our runtime (kserve_manifes
 --ts-config=/mnt/models/config/config.properties`` exactly as KServe's TorchServe runtime does,
 then, instead of the kfs image's wrapper, our gateway (``python -m mmsent.gateway``, a kserve
 ModelServer) on 8080 (REST v2) and 8081 (gRPC v2), which forwards to TorchServe on 8085
-(docs/DEPLOY.md says why). So the bundle is::
+(docs/kubernetes.md says why). So the bundle is::
 
     config/config.properties    generated here (ports, security, model_snapshot)
     config/metrics.yaml         the repository's metrics.yaml (metrics_config points at it)
@@ -13,7 +13,7 @@ ModelServer) on 8080 (REST v2) and 8081 (gRPC v2), which forwards to TorchServe 
 
 Every KServe fact lives in this module's constants; the manifests (kserve_manifests.py), the
 bundle and the local rehearsal (mmsent.harness.kserve_pod) are generated from them. Sources are
-cited in docs/DEPLOY.md.
+cited in docs/kubernetes.md.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ MODEL_NAME = DEFAULT_MODEL_NAME
 MAR_NAME = f"{MODEL_NAME}.mar"
 METRICS_SOURCE = ROOT / "metrics.yaml"
 # Per-model settings model_snapshot carries. The snapshot OVERRIDES the archive's
-# model-config.yaml for these (measured: docs/DEPLOY.md section 1), so they are generated
+# model-config.yaml for these (measured: docs/kubernetes.md section 1), so they are generated
 # from that very file.
 SNAPSHOT_KEYS: tuple[str, ...] = (
     "minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout",
@@ -135,7 +135,7 @@ def render_config(config: Mapping[str, Any] | str | Path, version: str = "1.0") 
         "# KServe's TorchServe runtime reads this from /mnt/models/config/config.properties.",
         "# TorchServe sits behind our gateway (8080 REST, 8081 gRPC) in the same pod: its own",
         "# REST (inference + management, 8085) and gRPC sockets stay on loopback; only metrics",
-        "# (8082) bind 0.0.0.0 for Prometheus. See docs/DEPLOY.md.",
+        "# (8082) bind 0.0.0.0 for Prometheus. See docs/kubernetes.md.",
         *(f"{key}={value}" for key, value in TS_ADDRESSES.items()),
         f"model_store={MOUNT / STORE_REL}",
         "# TS_* environment variables override keys (the local rehearsal remaps addresses so).",
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     if drift:  # cannot happen by construction; checked because a wrong snapshot is silent
         raise RuntimeError(f"model_snapshot disagrees with the archive: {drift}")
-    print(f"[kserve] bundle {bundle}: upload it to your storageUri (docs/DEPLOY.md)")
+    print(f"[kserve] bundle {bundle}: upload it to your storageUri (docs/kubernetes.md)")
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
         print(f"  {path.relative_to(bundle)}  {path.stat().st_size / 1e6:.2f} MB")
     return bundle

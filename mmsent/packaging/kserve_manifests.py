@@ -47,8 +47,8 @@ SERVING_REQUIREMENTS: tuple[str, ...] = (
 GATEWAY_REQUIREMENTS: tuple[str, ...] = ("kserve", "grpcio", "protobuf", "psutil")
 # The gateway's code in the image: only mmsent/{__init__,config,errors}.py, mmsent/gateway/ and
 # mmsent/wire/ (its import-linter contract), in a folder that is on the gateway's PYTHONPATH
-# only. Never on TorchServe's: its worker imports the mmsent/ packed in the .mar, and a partial mmsent package
-# earlier on sys.path would shadow it.
+# only. Never on TorchServe's: its worker imports the mmsent/ packed in the .mar, and a partial
+# mmsent package earlier on sys.path would shadow it.
 GATEWAY_HOME = "/opt/mmsent-gateway"
 GATEWAY_FILES: tuple[str, ...] = (
     "mmsent/__init__.py", "mmsent/config.py", "mmsent/errors.py", "mmsent/gateway/",

@@ -11,11 +11,14 @@ the error a field of that request's reply. In between, once and for every route:
 1. **admit**: a request past its client deadline is refused with 408 before any decoding
    (``deadline.admit``), and the deadline field is taken out of its data;
 2. **decode**: the first protocol that claims the request (``PROTOCOLS``) turns it into model
-   rows, or refuses it as a whole;
-3. **run**: every row of every admitted request goes through the pipeline in one batch (one
+   rows, or refuses it as a whole; each row's fields are validated (``payload.parse_item``);
+3. **budget**: each request is charged, in arrival order, against the batch's decode and
+   explanation budgets (``budget.BatchBudget``), before any pixel is decoded;
+4. **run**: every row of every admitted request goes through the pipeline in one batch (one
    tokenizer call, one forward pass); a bad row gets its own error, its mates their answers;
-4. **explain**: rows of ``/explanations`` requests get their explanation;
-5. **encode**: each request's protocol turns its rows' outcomes into its reply.
+5. **explain**: rows of ``/explanations`` requests get their explanation;
+6. **encode**: each request's protocol turns its rows' outcomes into its reply; every refusal
+   is logged as one line (status and reason), never with a traceback.
 
 Requests own their rows and rows own their outcomes, so nothing here keeps an index map
 between engine slots, pipeline inputs and tensor rows.
@@ -30,9 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmsent.errors import RequestError
+from mmsent.serving.budget import RETRY_AFTER_S, BatchBudget, BudgetExceeded
 from mmsent.serving.deadline import admit
 from mmsent.serving.explain import explain_input
 from mmsent.serving.messages import BatchInfo, Protocol, Reply, Request, Row
+from mmsent.serving.payload import parse_item
 from mmsent.serving.pipeline import SentimentPipeline
 from mmsent.serving.protocols import OpenInference, Plain
 
@@ -74,10 +79,13 @@ class Exchange:
     def run(self, requests: Sequence[Request]) -> Outcome:
         """One reply per request, in order (also left in each ``request.reply``)."""
         now_ms = time.time() * 1000
+        budget = BatchBudget(self.pipeline.cfg, self.pipeline.limits)
         for request in requests:
             self._decode(request, now_ms)
+            if request.error is None:
+                self._charge(request, budget)
         rows = [row for request in requests if request.error is None for row in request.rows]
-        timings = self._run_rows(rows)
+        timings = self._run_rows([row for row in rows if row.error is None])
         info = BatchInfo(
             model_name=self.model_name,
             model_version=self.model_version,
@@ -105,6 +113,19 @@ class Exchange:
         except Exception as exc:  # a protocol bug costs this request only, never its mates
             logger.exception("unexpected error decoding a request")
             request.error = RequestError(f"internal error: {type(exc).__name__}", 500)
+
+    @staticmethod
+    def _charge(request: Request, budget: BatchBudget) -> None:
+        """Validate the request's rows, then charge it to the batch's budgets."""
+        for row in request.rows:
+            try:
+                row.fields = parse_item(row.fields)
+            except RequestError as err:
+                row.error = err
+        try:
+            budget.charge(request)
+        except BudgetExceeded as err:
+            request.error = err
 
     def _run_rows(self, rows: list[Row]) -> dict[str, float]:
         """The model's outcome in every row; returns the stage times in ms."""
@@ -134,12 +155,21 @@ class Exchange:
         protocol = request.protocol or PROTOCOLS[-1]
         try:
             if request.error is not None:
-                return protocol.refuse(request, request.error, info)
-            return protocol.encode(request, info)
+                reply = protocol.refuse(request, request.error, info)
+            else:
+                reply = protocol.encode(request, info)
         except Exception as exc:  # an encoder bug costs this request only
             logger.exception("unexpected error encoding a reply")
             error = RequestError(f"internal error: {type(exc).__name__}", 500)
-            return Reply(error.status, error.to_dict(), error=error)
+            reply = Reply(error.status, error.to_dict(), error=error)
+        if reply.error is not None:
+            if getattr(reply.error, "retry", False):
+                reply.headers["Retry-After"] = str(RETRY_AFTER_S)
+            # one line per refusal: a client sending bad requests must not fill the disk with
+            # tracebacks (server faults were logged with theirs where they happened)
+            level = logging.WARNING if reply.status >= 500 else logging.INFO
+            logger.log(level, "answered %d: %s", reply.status, reply.error.message[:200])
+        return reply
 
     # -- in-process use -------------------------------------------------------------------------
     def predict(self, requests: Sequence[Any]) -> list[dict[str, Any]]:

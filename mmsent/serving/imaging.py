@@ -72,6 +72,31 @@ def open_image(
     return to_rgb(img)
 
 
+def decode_pixels(data: bytes, cfg: ModelConfig, limits: RequestLimits = DEFAULT_LIMITS) -> int:
+    """Pixels decoding ``data`` will produce, read from the header alone (no pixel decoded).
+
+    That is the work the decode does, and what the per-batch budget counts: a JPEG decodes at
+    the scale ``open_image`` drafts it to (a 12 MP photo costs about 0.2 MP), every other format
+    at full size. Measured on the 2-core EPYC: 11-20 ms per decoded megapixel for PNG. Bytes
+    that are no image, and images over the per-image limits, cost 0 here: ``open_image``
+    refuses them unread, with its own message.
+    """
+    if len(data) > limits.max_image_bytes:
+        return 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # open_image says why
+            img = Image.open(io.BytesIO(data))
+            if img.size[0] * img.size[1] > limits.max_image_pixels:
+                return 0
+            if img.format == "JPEG":
+                img.draft("RGB", (cfg.resize_size, cfg.resize_size))
+            width, height = img.size
+    except Exception:
+        return 0
+    return max(width, 0) * max(height, 0)
+
+
 def _has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
 

@@ -41,8 +41,13 @@ class Item:
     image: bytes | None
 
 
-def parse_item(fields: Mapping[str, Any]) -> Item:
-    """Validate one request's fields; raise RequestError with a message the caller can act on."""
+def parse_item(fields: Mapping[str, Any] | Item) -> Item:
+    """Validate one request's fields; raise RequestError with a message the caller can act on.
+
+    An :class:`Item` is returned as it is: the exchange parses once, the pipeline accepts both.
+    """
+    if isinstance(fields, Item):
+        return fields
     if not isinstance(fields, Mapping):
         raise RequestError("request must be a JSON object or form fields")
     body_key = next((k for k in BODY_KEYS if k in fields), None)

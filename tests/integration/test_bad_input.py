@@ -7,7 +7,7 @@ the reference answer; batches really formed (some ``batch_size`` > 1); the worke
 change (nothing crashed). Odd-but-valid inputs (huge text, unusual image modes, RTL/emoji text)
 must be answered 200.
 
-Per-item status on the wire, as measured on TorchServe 0.12 (docs/RELIABILITY.md has the table):
+Per-item status on the wire, as measured on TorchServe 0.12 (docs/reliability.md has the table):
 REST carries the handler's status (400 / 413) as the HTTP status. gRPC does NOT: a per-item error
 arrives as gRPC ``OK`` whose prediction bytes are the handler's ``{"error", "code"}`` JSON (the
 ``GrpcClient`` turns that into ``PredictionError`` with ``INVALID_ARGUMENT`` /
@@ -74,6 +74,12 @@ def _bomb() -> bytes:
 def _png16_40mp() -> bytes:
     """~90 KB file, 40 MP of 16-bit pixels: once ~1 GB of float64 in the worker."""
     return _png("I;16", (6324, 6324))
+
+
+@functools.cache
+def _png16_4k() -> bytes:
+    """A 3840x2160 16-bit PNG: the largest decode one batch admits (8.3 MP)."""
+    return _png("I;16", (3840, 2160))
 
 
 def _raw_json(body: bytes) -> dict[str, Any]:
@@ -211,8 +217,11 @@ CASES: list[Case] = [
          check=_has_image),
     Case("bare-image-with-content-type", lambda: _raw(PARTY_POPPER, "image/png"),
          lambda: {"data": PARTY_POPPER}, 200, check=_has_image),
+    # under the 40 MP per-image limit, but over a batch's decode budget: refused unread
     Case("16bit-png-40-megapixels", lambda: {"json": {"image": b64(_png16_40mp())}},
-         lambda: {"image": _png16_40mp()}, 200, check=_has_image),
+         lambda: {"image": _png16_40mp()}, 413, "max_decode_pixels_per_batch"),
+    Case("16bit-png-4k-frame", lambda: {"json": {"image": b64(_png16_4k())}},
+         lambda: {"image": _png16_4k()}, 200, check=_has_image),
 ]  # fmt: skip
 
 

@@ -3,7 +3,7 @@
 A request may carry ``X-Request-Deadline: <epoch ms>`` (REST header) or an
 ``x-request-deadline`` input field (gRPC: TorchServe does not pass gRPC metadata to the worker).
 When it has passed by the time the batch reaches the worker, the handler answers 408 without
-decoding or running the model. The measurement at the end is recorded in docs/RELIABILITY.md.
+decoding or running the model. The measurement at the end is recorded in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def _abandon_burst(ts: TorchServe, image: str, n: int, deadline: bool) -> float:
 def test_a_burst_of_abandoned_requests_leaves_good_ones_answered(server: TorchServe) -> None:
     """Correctness only: after bursts of abandoned requests, with and without deadlines, the
     good ones are answered and the worker is the same. The speed-up is a measurement, not an
-    assertion (this box is shared): the printed line, and docs/RELIABILITY.md "Deadlines"."""
+    assertion (this box is shared): the printed line, and docs/reliability.md "Deadlines"."""
     pids = server.worker_pids(MODEL_NAME)
     image = _noise_jpeg(1600, 0)  # ~2.5 MP: decode + resize is the costly part on the tiny model
     _post(server, {"text": "warm", "image": image})

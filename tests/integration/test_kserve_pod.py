@@ -3,7 +3,7 @@
 config.properties untouched, only its addresses and /mnt/models paths remapped through
 TorchServe's TS_* variables. Our gateway in front of it (what the pod runs after TorchServe) is
 rehearsed in test_kserve_gateway.py; the image, the storage initializer and Knative are NOT part
-of either (see docs/DEPLOY.md "Verified here / not verified")."""
+of either (see docs/kubernetes.md "Verified here / not verified")."""
 
 from __future__ import annotations
 

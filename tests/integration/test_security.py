@@ -1,7 +1,7 @@
 """Safe defaults, proven on real servers: loopback only, tokens in production, no remote models,
 and no tampered archive ever started.
 
-Measured on TorchServe 0.12 (docs/RELIABILITY.md "Security defaults"): a call without (or with the
+Measured on TorchServe 0.12 (docs/serving.md "Security"): a call without (or with the
 wrong) token is refused with HTTP **400** ``InvalidKeyException`` (not 401) and gRPC
 ``PERMISSION_DENIED``; the keys are in ``key_file.json`` (mode 0600) in the server's working
 directory; with the model API off, registering anything is 405; with it on, a URL outside
