@@ -18,8 +18,8 @@ On a congruent and an incongruent pair with the same text the readings differ *o
 emoji, so the trade-off is set by how well the image reader tells a positive unseen emoji from a
 negative one: :func:`polarity_auc` measures that.
 
-Used by ``scripts/evaluate.py --frontier`` (docs/notes/2026-12-06-congruent-gap.md, why the congruent
-target is not reachable).
+Used by ``scripts/evaluate.py --frontier`` (docs/notes/2026-12-06-congruent-gap.md: why the
+congruent target is not reachable).
 """
 
 from __future__ import annotations
