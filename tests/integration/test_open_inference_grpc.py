@@ -3,9 +3,9 @@ TorchServe 0.12 started with ``TS_OPEN_INFERENCE_PROTOCOL=oip`` (this module's o
 session one runs without it, and only this mode serves v2 gRPC and v2 health).
 
 What is pinned here (docs/calling.md, "Open Inference Protocol (v2)"): TorchServe's v2 gRPC
-service is ``org.pytorch.serve.grpc.openinference.GRPCInferenceService``, so stock clients, which call
-``inference.GRPCInferenceService``, get UNIMPLEMENTED; stubs generated from the jar's proto reach
-the handler and get a real ``ModelInferResponse``.
+service is ``org.pytorch.serve.grpc.openinference.GRPCInferenceService``, so stock clients,
+which call ``inference.GRPCInferenceService``, get UNIMPLEMENTED; stubs generated from the
+jar's proto reach the handler and get a real ``ModelInferResponse``.
 """
 
 from __future__ import annotations
