@@ -3,7 +3,9 @@
 
     python loadtest/run_loadtest.py --start-server --users 16 --run-time 60s
 
-The logic lives in :mod:`mmsent.harness.loadtest` (``--help`` lists every option).
+The logic lives in :mod:`mmsent.harness.loadtest` (``--help`` lists every option). Exit status:
+0 on a clean run (requests answered, none failed), non-zero otherwise; the summary goes to
+``summary.json`` in the results folder and a short table to the screen.
 """
 
 import sys

@@ -4,7 +4,7 @@
   python scripts/build_dataset.py emoji-tweets --out data/emoji_tweets --seed 0
   python scripts/build_dataset.py mvsa --root ~/MVSA_Single --out data/mvsa_single
 
-See docs/TRAINING.md for what the data is and is not.
+See docs/training.md for what the data is and is not.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Build the KServe bundle (build/kserve/: config/config.properties, config/metrics.yaml,
-model-store/fusion_sentiment.mar) for KServe's TorchServe runtime. See docs/DEPLOY.md.
+model-store/fusion_sentiment.mar) for KServe's TorchServe runtime. See docs/kubernetes.md.
 
     python scripts/build_kserve_bundle.py                 # default model
     python scripts/build_kserve_bundle.py --gpu           # GPU model-config, build/kserve-gpu/

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate trained heads: see ``python scripts/evaluate.py --help`` and docs/TRAINING.md."""
+"""Evaluate trained heads: see ``python scripts/evaluate.py --help`` and docs/training.md."""
 
 from __future__ import annotations
 

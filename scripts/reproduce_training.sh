@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Build the tweets+emoji benchmark, train the default model, the comparison heads and the two
-# single-modality baselines the same way, and write the comparison report (docs/TRAINING.md,
-# "Results"). CPU only: about 1.7 hours on 2 shared cores (the default model alone: see
-# docs/TRAINING.md, "Training time"). Every step is seeded (a rerun of the baselines on another
-# day still moved single test slices by up to 3.7 points: docs/TRAINING.md, round 3); every
+# single-modality baselines the same way, and write the comparison report (docs/training.md,
+# "Results of the default model"). CPU only: about 1.7 hours on 2 shared cores (the default model alone: see
+# docs/training.md, "Training time"). Every step is seeded (a rerun of the baselines on another
+# day still moved single test slices by up to 3.7 points: docs/notes/2026-12-06-congruent-gap.md); every
 # train.py run resumes with --resume after an interruption.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ python scripts/build_dataset.py emoji-tweets --out "$DATA" --seed 0
 # weights/default_head.pt (~3 min on this box, plus ~12 min of feature cache on the first run)
 python scripts/train.py --manifest "$M" --fusion attention --image-input evidence --balance none \
   --out-dir results/attention --save-to weights/default_head.pt
-# what was tried against it (docs/TRAINING.md): the previous default (image cells as keys), the
+# what was tried against it (docs/notes/2026-11-25-default-head-variants.md): the previous default (image cells as keys), the
 # evidence head with class-balanced loss, with per-combination balance, without cross-fitting,
 # and with the last MiniLM layer fine-tuned
 python scripts/train.py --manifest "$M" --fusion attention --out-dir results/attention_cells
@@ -44,9 +44,9 @@ python scripts/evaluate.py --manifest "$M" \
   --baseline "image only=results/image_only/best.pt" \
   --splits test val test_emojify test_seen_emoji --out results/eval --docs docs/eval \
   --export-agreement 300
-# concat and late fusion (--fusion concat|late, image cells) were not re-run for issue 13; their
+# concat and late fusion (--fusion concat|late, image cells) were not re-run for the new default; their
 # recipe is unchanged: python scripts/train.py --manifest "$M" --fusion concat --out-dir results/concat
-# issue 13, round 3 (docs/TRAINING.md): the same recipe on augmented training renders (val/test
+# the congruent-gap study (docs/notes/2026-12-06-congruent-gap.md): the same recipe on augmented training renders (val/test
 # images identical), and the default against the baselines with 95 % intervals, the
 # congruent/incongruent frontier and the readers' bound (docs/eval/frontier.md + frontier_*.png)
 python scripts/build_dataset.py emoji-tweets --out data/emoji_tweets_aug --seed 0 --augment-train

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Start (or stop) TorchServe exactly as the README shows, and wait until the model is ready.
+"""Start (or stop) TorchServe exactly as docs/serving.md shows, and wait until the model is ready.
 
     python scripts/serve.py start   # or: stop
 

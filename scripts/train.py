@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a fusion head: see ``python scripts/train.py --help`` and docs/TRAINING.md."""
+"""Train a fusion head: see ``python scripts/train.py --help`` and docs/training.md."""
 
 from __future__ import annotations
 

@@ -12,7 +12,12 @@ Or let it start (and always stop) TorchServe itself::
 Writes into ``results/loadtest-<timestamp>/``: Locust's CSVs (with full history), its HTML
 report, ``responses.csv`` (batch size + handler timings per answer), ``loadtest.png``
 (throughput, p50/p95/p99 latency and batch size over time) and ``summary.json``; prints a
-one-screen summary. Only loopback targets are accepted, and the run always ends by itself.
+one-screen table. Only loopback targets are accepted, and the run always ends by itself.
+
+Exit status (``main``), so a CI job or script can trust it: 0 when Locust exited 0, at least one
+request was answered and none failed; 1 when any request failed or none was answered; Locust's own
+non-zero status (124 if it overran and was killed) when it failed without a failed request. The
+rule that decided is printed and stored in ``summary.json`` under ``verdict``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import requests
@@ -197,7 +203,30 @@ def run_locust(args: argparse.Namespace, out: Path) -> int:
             return 124
 
 
-def main(argv: list[str] | None = None) -> dict:
+def verdict(summary: dict[str, Any], locust_rc: int) -> tuple[int, str]:
+    """The run's exit status and the rule that chose it.
+
+    Failed requests decide first: Locust itself exits 1 on any failure, but a run where every
+    request failed must say so rather than "locust exit 1". No answered request at all (nothing
+    reached the server, or Locust died before its first request) is a failure too: a clean
+    exit of an empty run would let a broken setup pass in CI.
+    """
+    total = summary["by_name"].get("Aggregated") or {}
+    # the larger of Locust's count and the users' own log (Locust's CSV can lag: summarize())
+    requests = max(total.get("requests", 0), summary.get("responses_logged", 0))
+    failures = max(total.get("failures", 0), summary.get("responses_failed", 0))
+    if failures:
+        return 1, f"{failures} of {requests} requests failed (reasons: locust.log)"
+    if requests == 0:
+        return 1, "no request was answered (see locust.log)"
+    if locust_rc != 0:
+        return locust_rc, f"locust exited {locust_rc} (see locust.log)"
+    return 0, f"{requests} requests, none failed"
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the load test; returns the summary (also written to ``summary.json``), including
+    ``verdict`` = {"exit_code", "reason"}. :func:`main` is the CLI around it."""
     args = parse_args(argv)
     if args.step_shape:  # the shape decides the length; --run-time still bounds it
         args.run_time = min(args.run_time, args.steps * args.step_seconds)
@@ -224,7 +253,16 @@ def main(argv: list[str] | None = None) -> dict:
         out / "loadtest.png",
         title=f"{'+'.join(args.user_classes)}, {args.users} users",
     )
+    code, reason = verdict(summary, rc)
+    summary["verdict"] = {"exit_code": code, "reason": reason}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
-    print(f"[loadtest] locust exit {rc}, {wall:.0f}s; reports in {out}")
+    print(f"[loadtest] {'ok' if code == 0 else 'FAILED'}: {reason}; {wall:.0f}s; "
+          f"summary in {out / 'summary.json'}")  # fmt: skip
     return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: the exit status of :func:`verdict` (never the summary itself, which
+    ``sys.exit`` would print as a raw dict and turn into status 1)."""
+    return int(run(argv)["verdict"]["exit_code"])

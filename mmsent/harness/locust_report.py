@@ -87,7 +87,8 @@ def plot(prefix: Path, response_log: Path, out_png: Path, title: str = "") -> Pa
 
 
 def summarize(prefix: Path, response_log: Path) -> dict[str, Any]:
-    """Per request name: count, failures, rps, p50/p95/p99; plus batch size and time split."""
+    """Per request name: count, failures, rps, p50/p95/p99; plus batch size, time split and the
+    users' own count of responses and failures."""
     stats = read_rows(Path(f"{prefix}_stats.csv"))
     names = {}
     for r in stats:
@@ -99,7 +100,8 @@ def summarize(prefix: Path, response_log: Path) -> dict[str, Any]:
             "p95_ms": _float(r["95%"]),
             "p99_ms": _float(r["99%"]),
         }
-    log = [r for r in read_rows(response_log) if r["ok"] == "1"]
+    logged = read_rows(response_log)
+    log = [r for r in logged if r["ok"] == "1"]
     split: dict[str, float] = {}
     if log:
         for stage in ("preprocess_ms", "inference_ms", "postprocess_ms", "latency_ms"):
@@ -112,6 +114,11 @@ def summarize(prefix: Path, response_log: Path) -> dict[str, Any]:
         "batch_size_mean": round(mean(sizes), 2) if sizes else None,
         "batch_size_max": max(sizes) if sizes else None,
         "time_split_ms": split,
+        # every answer or failure as the users saw it, written as it happens: Locust's
+        # _stats.csv is a snapshot taken once a second with no final write, so a short run (or
+        # users failing in a tight loop, which starves its writer) can leave it behind
+        "responses_logged": len(logged),
+        "responses_failed": len(logged) - len(log),
     }
 
 
@@ -125,6 +132,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(
         f"batch size of answers: mean {summary['batch_size_mean']}, max {summary['batch_size_max']}"
     )
+    if "responses_logged" in summary:
+        lines.append(f"responses logged by the users: {summary['responses_logged']} "
+                     f"({summary['responses_failed']} failed)")  # fmt: skip
     server = summary.get("server_metrics")
     if server:  # scraped from TorchServe's Prometheus port before and after the run
         stages = ", ".join(f"{k} {v} ms" for k, v in server["handler_ms_per_batch"].items())

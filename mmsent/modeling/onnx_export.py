@@ -114,7 +114,7 @@ def check_onnx_parity(eager: nn.Module, session, inputs: Inputs) -> float:
 
 
 # Dynamic int8, measured on the default model (300 served test examples, top-1 agreement with
-# ONNX fp32; docs/BENCHMARKS.md "ONNX Runtime"): ORT's defaults (every op, Conv -> ConvInteger,
+# ONNX fp32; docs/benchmarks.md "ONNX Runtime"): ORT's defaults (every op, Conv -> ConvInteger,
 # per-tensor) ran 4x slower than fp32 with 87.7 %: ConvInteger has no fast CPU kernel and
 # MobileNetV2's depthwise convolutions lose the most. MatMul/Gemm only: 97.7 % per-tensor,
 # 98.7 % per-channel (the default here), 98.3 % per-channel on the text encoder alone. All
