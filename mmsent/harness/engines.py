@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
+import subprocess
 import tempfile
 import time
 import zipfile
@@ -47,6 +50,17 @@ from mmsent.serving.pipeline import SentimentPipeline
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = DEFAULT_MODEL_NAME
 ENGINES = ("torchserve", "litserve")
+# TorchServe configurations to measure against each other (--engines torchserve:<variant>):
+# (worker environment, config.properties overrides). The shipped configs carry the winners.
+VARIANTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "omp-passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, {}),
+    "1-thread": ({"OMP_NUM_THREADS": "1"}, {}),
+    "quiet-frontend": ({}, {"async_logging": "true", "number_of_netty_threads": "1",
+                            "netty_client_threads": "1"}),
+    "passive-quiet": ({"OMP_WAIT_POLICY": "PASSIVE"},
+                      {"async_logging": "true", "number_of_netty_threads": "1",
+                       "netty_client_threads": "1"}),
+}
 
 
 @dataclass
@@ -73,9 +87,13 @@ def _is_java(proc: psutil.Process) -> bool:
 @contextmanager
 def serve(engine: str, mar: Path, env: dict[str, str] | None = None,
           ts_overrides: dict[str, str] | None = None) -> Iterator[Engine]:  # fmt: skip
-    """Start ``engine`` on ``mar`` (its own model-config.yaml batching) and yield it."""
-    if engine == "torchserve":
-        with TorchServe(mar.parent, {MODEL: mar.name}, env=env, overrides=ts_overrides) as ts:
+    """Start ``engine`` (``torchserve``, ``torchserve:<variant>`` or ``litserve``) on ``mar``
+    (its own model-config.yaml batching) and yield it."""
+    if engine.startswith("torchserve"):
+        variant_env, overrides = VARIANTS[engine.split(":", 1)[1]] if ":" in engine else ({}, {})
+        env = {**variant_env, **(env or {})}
+        overrides = {**overrides, **(ts_overrides or {})}
+        with TorchServe(mar.parent, {MODEL: mar.name}, env=env, overrides=overrides) as ts:
             procs = _tree(ts.process.pid)
             roles = {"frontend": [p for p in procs if _is_java(p)],
                      "worker": [p for p in procs if not _is_java(p) and p.pid != ts.process.pid]}
@@ -100,16 +118,48 @@ def _cpu_s(procs: list[psutil.Process]) -> float:
     return total
 
 
+def thread_cpu(procs: list[psutil.Process]) -> dict[str, float]:
+    """CPU seconds by thread name (trailing numbers folded: ``epollEventLoopGroup-3-1`` ->
+    ``epollEventLoopGroup``), from /proc: where a Java frontend spends its CPU."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for proc in procs:
+        for task in Path(f"/proc/{proc.pid}/task").glob("*"):
+            try:
+                comm = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            name = re.sub(r"[-_ ]?\d+(-\d+)*$", "", comm) or comm
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def drive(server: Engine, bodies: list[bytes], concurrency: int, warmup_s: float,
-          duration_s: float) -> dict[str, Any]:  # fmt: skip
-    """Closed-loop load on ``server``; answers inside the window after ``warmup_s`` count."""
+          duration_s: float, profile: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Closed-loop load on ``server``; answers inside the window after ``warmup_s`` count.
+
+    ``profile``: also record a py-spy flame graph of the worker (``<profile>.svg``) and the
+    CPU of every server thread by name over the window (in the result).
+    """
+    every = [p for procs in server.roles.values() for p in procs]
     with ClosedLoop(server.url, bodies, concurrency, timeout=120, keep_answers=True) as load:
         time.sleep(warmup_s)
         cpu0 = {role: _cpu_s(procs) for role, procs in server.roles.items()}
+        threads0 = thread_cpu(every)
+        spy = None
+        if profile is not None and server.roles["worker"]:
+            spy = subprocess.Popen(
+                ["py-spy", "record", "-p", str(server.roles["worker"][0].pid), "-o",
+                 f"{profile}.svg", "-d", str(int(duration_s)), "-r", "50", "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         start = load.now()
         time.sleep(duration_s)
         end = load.now()
         cpu1 = {role: _cpu_s(procs) for role, procs in server.roles.items()}
+        threads1 = thread_cpu(every)
+        if spy is not None:
+            spy.wait(timeout=60)
     done = [s for s in load.snapshot() if start <= s.done <= end]
     ok = [s for s in done if s.status == 200]
     latencies = [s.latency * 1000 for s in ok]
@@ -132,6 +182,10 @@ def drive(server: Engine, bodies: list[bytes], concurrency: int, warmup_s: float
         if p50_inf else None,
         "server_cpu_ms_per_request": {**cpu_ms, "total": round(sum(cpu_ms.values()), 2)},
         "host_cpu_ms_per_request_outside_model": round(sum(cpu_ms.values()) - model_ms, 2),
+        "thread_cpu_ms_per_request": {
+            name: round((threads1[name] - threads0.get(name, 0.0)) * 1000 / n, 2)
+            for name in sorted(threads1, key=lambda k: threads0.get(k, 0.0) - threads1[k])
+            if threads1[name] - threads0.get(name, 0.0) > 0} if profile is not None else None,
     }  # fmt: skip
 
 
@@ -196,11 +250,14 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{lat['p95']} / {lat['p99']} | {p['inference_p99_over_p50']} | {cpu} | "
                      f"{p['host_cpu_ms_per_request_outside_model']} | {ratio} |")  # fmt: skip
     for c in sorted({p["concurrency"] for p in result["points"].values()}):
-        ts, ls = result["points"].get(f"torchserve@{c}"), result["points"].get(f"litserve@{c}")
-        if ts and ls and ls["latency_ms"]["p99"]:
-            lines.append(f"\nAt {c} in flight: TorchServe p99 / LitServe p99 = "
-                         f"{ts['latency_ms']['p99'] / ls['latency_ms']['p99']:.2f}, req/s ratio "
-                         f"{ts['req_s'] / max(ls['req_s'], 1e-9):.2f}.")  # fmt: skip
+        ls = result["points"].get(f"litserve@{c}")
+        for key, ts in result["points"].items():
+            if not key.startswith("torchserve") or ts["concurrency"] != c:
+                continue
+            if ls and ls["latency_ms"]["p99"]:
+                lines.append(f"\nAt {c} in flight: {ts['engine']} p99 / LitServe p99 = "
+                             f"{ts['latency_ms']['p99'] / ls['latency_ms']['p99']:.2f}, req/s "
+                             f"ratio {ts['req_s'] / max(ls['req_s'], 1e-9):.2f}.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -212,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="measured window per run")
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--payload", default="both-small")
-    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    p.add_argument("--engines", nargs="+", default=list(ENGINES),
+                   choices=[*ENGINES, *(f"torchserve:{v}" for v in VARIANTS)])
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy flame graph of each worker + CPU by server thread (needs py-spy)")
     p.add_argument("--smoke", action="store_true", help="seconds-long run (CI): shape only")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -233,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         order = args.engines if r % 2 == 0 else list(reversed(args.engines))
         for engine in order:
             for concurrency in args.concurrency:
+                profile = out / f"flame-{engine.replace(':', '-')}-c{concurrency}-r{r}" \
+                    if args.profile else None  # fmt: skip
                 with serve(engine, args.mar) as server:  # fresh server per run
-                    run = drive(server, bodies, concurrency, args.warmup, args.seconds)
+                    run = drive(server, bodies, concurrency, args.warmup, args.seconds, profile)
                 run.update(engine=engine, concurrency=concurrency, round=r)
                 print(f"[engines] round {r} {engine} @{concurrency}: {run['req_s']} req/s, "
                       f"p99 {run['latency_ms']['p99']} ms", flush=True)  # fmt: skip
