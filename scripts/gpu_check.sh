@@ -6,8 +6,11 @@
 #   bash scripts/gpu_check.sh all [OUT]     # both (default)
 #
 # CI has no GPU: there every `gpu` test skips. Run this on a GPU host and record the GPU's name
-# (OUT/gpu.csv) with the numbers; README.md, section "GPU", says what was verified on which GPU.
+# (OUT/gpu.csv) with the numbers; docs/gpu.md, section "Verified on real hardware", says what was verified on which GPU.
 # PYTHON picks the interpreter (default: .venv/bin/python, else python3).
+# This assumes a host that is a copy of ours (.venv, Java for TorchServe, registry weights).
+# For a borrowed GPU host with its own python3, no Java and no network, use the GPU pack and
+# scripts/gpu_host.py instead: docs/gpu-check.md has the commands.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${1:-all}

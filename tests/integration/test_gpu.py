@@ -121,7 +121,10 @@ def test_handler_uses_the_gpu_it_was_given(tiny_build: tuple[Path, Path]) -> Non
     """The last GPU on the host (cuda:0 on a one-GPU box): never a hard-coded cuda:0."""
     import importlib.util
 
-    from ts.context import Context
+    # a host without TorchServe's Python package (not the GPU pack's case: it carries it)
+    ts_context = pytest.importorskip(
+        "ts.context", reason="TorchServe's Python package (ts) is not installed here"
+    )
 
     spec = importlib.util.spec_from_file_location("fh", ROOT / "handlers" / "fusion_handler.py")
     module = importlib.util.module_from_spec(spec)
@@ -129,7 +132,7 @@ def test_handler_uses_the_gpu_it_was_given(tiny_build: tuple[Path, Path]) -> Non
     spec.loader.exec_module(module)
     gpu_id = torch.cuda.device_count() - 1
     handler = module.FusionSentimentHandler()
-    handler.initialize(Context(MODEL_NAME, str(tiny_build[1]), {}, 8, gpu_id, "0.12.0"))
+    handler.initialize(ts_context.Context(MODEL_NAME, str(tiny_build[1]), {}, 8, gpu_id, "0.12.0"))
     assert handler.pipeline.device == torch.device(f"cuda:{gpu_id}")
     assert handler.pipeline.dtype == torch.float16  # precision "auto" on CUDA
     batch = handler.pipeline.preprocess(_requests())
