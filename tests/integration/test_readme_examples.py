@@ -176,6 +176,10 @@ ROUTES = (
     Route(r"^python scripts/train\.py", "test_train_commands"),
     Route(r"^python scripts/evaluate\.py", "test_evaluate_commands"),
     # a server that runs until stopped: started exactly so (``--mar``, a free ``--port``) there
+    Route(r"^python scripts/compare_engines\.py",
+          "tests/integration/test_engine_tools.py::test_compare_engines_smoke"),
+    Route(r"^python scripts/recommend_batching\.py",
+          "tests/integration/test_engine_tools.py::test_recommend_batching_smoke"),
     Route(r"^python scripts/serve_litserve\.py",
           "tests/integration/test_litserve.py::test_health_and_ping"),
     Route(r"^python scripts/serve\.py", "",
