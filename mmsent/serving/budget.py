@@ -6,7 +6,7 @@ per-item limit and held a TorchServe batch for 9 s. So the exchange charges each
 the order the engine batched them and before any decoding, against two budgets per batch:
 
 - **decode work**, in decoded pixels (``imaging.decode_pixels``: a JPEG at its draft scale,
-  anything else at full size), ``max_decode_pixels_per_batch``;
+  anything else at full size), ``max_decode_pixels_per_request`` and ``_per_batch``;
 - **explanation work**, in model rows (``explain_rows``), ``max_explain_rows_per_batch``.
 
 A request that exceeds a budget on its own can never be served: 413, naming the limit. One that
@@ -53,23 +53,30 @@ class BatchBudget:
         rows = sum(explain_rows(row.fields, row.explain.grid, self.limits)
                    for row in request.rows
                    if row.explain is not None and isinstance(row.fields, Item))  # fmt: skip
-        self._check(pixels, self.pixels_used, self.limits.max_decode_pixels_per_batch,
-                    "decoded pixels", "max_decode_pixels_per_batch")  # fmt: skip
-        self._check(rows, self.explain_rows_used, self.limits.max_explain_rows_per_batch,
-                    "explanation model rows", "max_explain_rows_per_batch")  # fmt: skip
+        limits = self.limits
+        self._check(pixels, self.pixels_used, "decoded pixels",
+                    (limits.max_decode_pixels_per_request, "max_decode_pixels_per_request"),
+                    (limits.max_decode_pixels_per_batch, "max_decode_pixels_per_batch"))
+        self._check(rows, self.explain_rows_used, "explanation model rows",
+                    (limits.max_explain_rows_per_batch, "max_explain_rows_per_batch"),
+                    (limits.max_explain_rows_per_batch, "max_explain_rows_per_batch"))
         self.pixels_used += pixels
         self.explain_rows_used += rows
 
     @staticmethod
-    def _check(cost: int, used: int, limit: int, unit: str, name: str) -> None:
-        if cost > limit:
+    def _check(cost: int, used: int, unit: str, alone: tuple[int, str],
+               batch: tuple[int, str]) -> None:  # fmt: skip
+        """413 over the per-request limit ``alone``; 503 over what is left of ``batch``."""
+        (most, name), (budget, budget_name) = alone, batch
+        if cost > min(most, budget):
+            most, name = (most, name) if most <= budget else (budget, budget_name)
             raise BudgetExceeded(
-                f"this request needs {cost} {unit}; a batch allows at most {limit} "
-                f"({name}): send smaller images or fewer items per request", 413)  # fmt: skip
-        if used + cost > limit:
+                f"this request needs {cost} {unit}; at most {most} are allowed ({name}): "
+                "send smaller images or fewer items per request", 413)  # fmt: skip
+        if used + cost > budget:
             raise BudgetExceeded(
-                f"this batch's budget of {limit} {unit} ({name}) is taken by requests "
-                f"ahead of this one; retry", BUSY)  # fmt: skip
+                f"this batch's budget of {budget} {unit} ({budget_name}) is taken by requests "
+                "ahead of this one; retry", BUSY)  # fmt: skip
 
 
 def explain_rows(item: Item, grid: int, limits: RequestLimits) -> int:

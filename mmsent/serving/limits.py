@@ -33,16 +33,18 @@ class RequestLimits:
     # (batchSize 8 requests) in one forward pass, so N bounds what one caller adds to everyone's
     # latency; beyond it the answer is a 413 (serving/open_inference.py)
     max_items_per_request: int = 32
-    # Per-batch budgets (serving/budget.py), charged in arrival order before any decode or
-    # model work. Decode work is counted in decoded pixels (a JPEG at its draft scale): 8.3 MP
-    # is one 4K frame (3840x2160), measured 120-170 ms of PNG decoding on the 2-core EPYC,
-    # about one normal batch of 8 (97 ms there), so a mate waits at most ~2.5 batches. The
-    # explanation budget is in model rows (one per word, region and modality, plus one): one
-    # worst-case explanation (64 words, 10x10 grid) fits, a second one in the same batch waits
-    # for the next. A request over a budget on its own is a 413; one that fits alone but not
-    # beside its mates is a 503 with Retry-After.
-    max_decode_pixels_per_batch: int = 8_300_000
-    max_explain_rows_per_batch: int = 176
+    # Decode and explanation budgets (serving/budget.py), charged in arrival order before any
+    # decode or model work. Decode work is counted in decoded pixels (a JPEG at its draft
+    # scale): 8.3 MP per request is one 4K frame (3840x2160), measured 120-170 ms of PNG decoding
+    # on the 2-core EPYC, about 1.5 ordinary batches of 8 (0.11 s there); the batch allows 1.25
+    # of that, so a request at the limit always fits beside ordinary images, never beside a
+    # second one. The explanation budget is in model rows (one per word, region and modality,
+    # plus one): one worst-case explanation (64 words, 10x10 grid: 167 rows), or three default ones
+    # (a tweet and an image, 7x7 grid: ~62 rows each), fit in a batch.
+    # Over a per-request limit: 413; fits alone but not beside its mates: 503 + Retry-After.
+    max_decode_pixels_per_request: int = 8_300_000
+    max_decode_pixels_per_batch: int = 10_400_000
+    max_explain_rows_per_batch: int = 192
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> RequestLimits:

@@ -219,7 +219,7 @@ CASES: list[Case] = [
          lambda: {"data": PARTY_POPPER}, 200, check=_has_image),
     # under the 40 MP per-image limit, but over a batch's decode budget: refused unread
     Case("16bit-png-40-megapixels", lambda: {"json": {"image": b64(_png16_40mp())}},
-         lambda: {"image": _png16_40mp()}, 413, "max_decode_pixels_per_batch"),
+         lambda: {"image": _png16_40mp()}, 413, "max_decode_pixels_per_request"),
     Case("16bit-png-4k-frame", lambda: {"json": {"image": b64(_png16_4k())}},
          lambda: {"image": _png16_4k()}, 200, check=_has_image),
 ]  # fmt: skip
