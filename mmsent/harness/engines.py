@@ -107,6 +107,13 @@ def serve(engine: str, mar: Path, env: dict[str, str] | None = None,
         yield Engine(engine, f"{ls.inference_url}/predictions/{MODEL}", roles)
 
 
+def threads_of(engine: str) -> int:
+    """The worker's intra-op threads: OMP_NUM_THREADS where the variant sets it, else torch's
+    default (one per core)."""
+    variant_env = VARIANTS[engine.split(":", 1)[1]][0] if ":" in engine else {}
+    return int(variant_env.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+
+
 def _cpu_s(procs: list[psutil.Process]) -> float:
     total = 0.0
     for proc in procs:
@@ -135,12 +142,20 @@ def thread_cpu(procs: list[psutil.Process]) -> dict[str, float]:
     return out
 
 
-def drive(server: Engine, bodies: list[bytes], concurrency: int, warmup_s: float,
-          duration_s: float, profile: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def drive(
+    server: Engine,
+    bodies: list[bytes],
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    profile: Path | None = None,
+    threads: int = 1,
+) -> dict[str, Any]:
     """Closed-loop load on ``server``; answers inside the window after ``warmup_s`` count.
 
     ``profile``: also record a py-spy flame graph of the worker (``<profile>.svg``) and the
-    CPU of every server thread by name over the window (in the result).
+    CPU of every server thread by name over the window (in the result). ``threads``: the
+    worker's intra-op threads (its forward pass's CPU is estimated as wall time x threads).
     """
     every = [p for procs in server.roles.values() for p in procs]
     with ClosedLoop(server.url, bodies, concurrency, timeout=120, keep_answers=True) as load:
@@ -163,13 +178,21 @@ def drive(server: Engine, bodies: list[bytes], concurrency: int, warmup_s: float
     done = [s for s in load.snapshot() if start <= s.done <= end]
     ok = [s for s in done if s.status == 200]
     latencies = [s.latency * 1000 for s in ok]
-    inference = [float(s.answer.get("timings_ms", {}).get("inference", 0.0)) for s in ok]
+    stage = {name: [float(s.answer.get("timings_ms", {}).get(name, 0.0)) for s in ok]
+             for name in ("preprocess", "inference", "postprocess")}  # fmt: skip
+    inference = stage["inference"]
     batches = [int(s.answer.get("batch_size", 0)) for s in ok]
     n = max(len(ok), 1)
     cpu_ms = {role: round((cpu1[role] - cpu0[role]) * 1000 / n, 2) for role in cpu0}
-    # forward-pass time per request: each answer of a batch carries its batch's inference time
-    model_ms = statistics.fmean(i / max(b, 1) for i, b in zip(inference, batches, strict=True)) \
-        if ok else 0.0  # fmt: skip
+    def per_request(values: list[float]) -> float:
+        """Each answer carries its batch's stage time: per request, averaged over answers."""
+        if not ok:
+            return 0.0
+        return statistics.fmean(v / max(b, 1) for v, b in zip(values, batches, strict=True))
+
+    # the forward pass keeps every intra-op thread busy: its CPU is its wall time x threads
+    model_ms = per_request(inference) * threads
+    handler_ms = per_request(stage["preprocess"]) + per_request(stage["postprocess"])
     p50_inf = percentile(inference, 0.5) or 0.0
     return {
         "completed": len(ok), "errors": len(done) - len(ok), "window_s": round(end - start, 2),
@@ -182,6 +205,12 @@ def drive(server: Engine, bodies: list[bytes], concurrency: int, warmup_s: float
         if p50_inf else None,
         "server_cpu_ms_per_request": {**cpu_ms, "total": round(sum(cpu_ms.values()), 2)},
         "host_cpu_ms_per_request_outside_model": round(sum(cpu_ms.values()) - model_ms, 2),
+        "split_ms_per_request": {
+            "frontend": cpu_ms.get("frontend", cpu_ms.get("api", 0.0)),
+            "model (forward wall x threads)": round(model_ms, 2),
+            "our handler (exchange outside the forward pass)": round(handler_ms, 2),
+            "engine worker protocol and the rest": round(
+                cpu_ms["worker"] - model_ms - handler_ms, 2)},
         "thread_cpu_ms_per_request": {
             name: round((threads1[name] - threads0.get(name, 0.0)) * 1000 / n, 2)
             for name in sorted(threads1, key=lambda k: threads0.get(k, 0.0) - threads1[k])
@@ -296,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                 profile = out / f"flame-{engine.replace(':', '-')}-c{concurrency}-r{r}" \
                     if args.profile else None  # fmt: skip
                 with serve(engine, args.mar) as server:  # fresh server per run
-                    run = drive(server, bodies, concurrency, args.warmup, args.seconds, profile)
+                    run = drive(server, bodies, concurrency, args.warmup, args.seconds, profile,
+                                threads_of(engine))
                 run.update(engine=engine, concurrency=concurrency, round=r)
                 print(f"[engines] round {r} {engine} @{concurrency}: {run['req_s']} req/s, "
                       f"p99 {run['latency_ms']['p99']} ms", flush=True)  # fmt: skip
