@@ -99,7 +99,8 @@ def serve(engine: str, mar: Path, env: dict[str, str] | None = None,
                      "worker": [p for p in procs if not _is_java(p) and p.pid != ts.process.pid]}
             yield Engine(engine, f"{ts.inference_url}/predictions/{MODEL}", roles)  # fmt: skip
         return
-    with LitServeProcess(mar, env=env) as ls:
+    variant_env = VARIANTS[engine.split(":", 1)[1]][0] if ":" in engine else {}
+    with LitServeProcess(mar, env={**variant_env, **(env or {})}) as ls:
         workers = ls.worker_pids()
         procs = _tree(ls.process.pid)
         roles = {"api": [p for p in procs if p.pid not in workers],
@@ -279,12 +280,13 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{lat['p95']} / {lat['p99']} | {p['inference_p99_over_p50']} | {cpu} | "
                      f"{p['host_cpu_ms_per_request_outside_model']} | {ratio} |")  # fmt: skip
     for c in sorted({p["concurrency"] for p in result["points"].values()}):
-        ls = result["points"].get(f"litserve@{c}")
+        ls = next((p for p in result["points"].values()
+                   if p["engine"].startswith("litserve") and p["concurrency"] == c), None)
         for key, ts in result["points"].items():
             if not key.startswith("torchserve") or ts["concurrency"] != c:
                 continue
             if ls and ls["latency_ms"]["p99"]:
-                lines.append(f"\nAt {c} in flight: {ts['engine']} p99 / LitServe p99 = "
+                lines.append(f"\nAt {c} in flight: {ts['engine']} p99 / {ls['engine']} p99 = "
                              f"{ts['latency_ms']['p99'] / ls['latency_ms']['p99']:.2f}, req/s "
                              f"ratio {ts['req_s'] / max(ls['req_s'], 1e-9):.2f}.")  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--payload", default="both-small")
     p.add_argument("--engines", nargs="+", default=list(ENGINES),
-                   choices=[*ENGINES, *(f"torchserve:{v}" for v in VARIANTS)])
+                   choices=[*ENGINES, *(f"{e}:{v}" for e in ENGINES for v in VARIANTS)])
     p.add_argument("--profile", action="store_true",
                    help="py-spy flame graph of each worker + CPU by server thread (needs py-spy)")
     p.add_argument("--smoke", action="store_true", help="seconds-long run (CI): shape only")

@@ -11,6 +11,7 @@ It runs `torchserve --start --ncs --model-store model_store --models NAME=NAME.m
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import requests
 
 from mmsent.clients.auth import KEY_FILE, bearer
-from mmsent.config import DEFAULT_MODEL_NAME, DEFAULT_PORTS
+from mmsent.config import DEFAULT_MODEL_NAME, DEFAULT_PORTS, WORKER_ENV
 from mmsent.harness.torchserve import ROOT, describe_workers
 from mmsent.packaging.archive import verify_sha256
 from mmsent.wire.workers import count_ready
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     # stdout/stderr (a pipe reading them would otherwise wait for the server to exit).
     with open(ROOT / "logs" / "console.log", "ab") as console:
         subprocess.run(cmd, cwd=ROOT, check=True, stdin=subprocess.DEVNULL, stdout=console,
-                       stderr=subprocess.STDOUT, start_new_session=True)
+                       stderr=subprocess.STDOUT, start_new_session=True,
+                       env={**WORKER_ENV, **os.environ})  # fmt: skip
     start = time.monotonic()
     wait_ready(args.management, args.model_name, args.timeout)
     print(f"[serve] {args.model_name} ready in {time.monotonic() - start:.1f}s")

@@ -23,7 +23,7 @@ import psutil
 import requests
 import yaml
 
-from mmsent.config import DEFAULT_MODEL_NAME
+from mmsent.config import DEFAULT_MODEL_NAME, WORKER_ENV
 from mmsent.engines.litserve_engine import build_server
 from mmsent.harness.torchserve import ROOT, ServerProcess, free_port
 from mmsent.packaging.archive import verify_sha256
@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     if timeout is None:
         timeout = float(settings.get("maxBatchDelay", 30)) / 1000
     devices = args.devices if args.devices == "auto" else int(args.devices)
+    for name, value in WORKER_ENV.items():  # inherited by the worker processes LitServe spawns
+        os.environ.setdefault(name, value)
     server = build_server(model_dir, args.model_name, max_batch, timeout, args.accelerator,
                           devices, args.workers_per_device,
                           limits=RequestLimits.from_mapping(handler.get("limits")))  # fmt: skip

@@ -26,7 +26,7 @@ from typing import Self
 import requests
 
 from mmsent.clients.auth import KEY_FILE, bearer
-from mmsent.config import DEFAULT_PORTS, read_properties
+from mmsent.config import DEFAULT_PORTS, WORKER_ENV, read_properties
 from mmsent.wire.workers import count_ready
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
@@ -155,7 +155,8 @@ class TorchServe(ServerProcess):
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="torchserve-"))
         self.process: subprocess.Popen[bytes] | None = None
-        self.env = dict(env or {})  # extra environment for TorchServe and its workers
+        # the shipped worker environment (config.WORKER_ENV), then the caller's additions
+        self.env = {**WORKER_ENV, **(env or {})}
 
     # -- addresses ---------------------------------------------------------------------------
     @property

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from mmsent.config import WORKER_ENV
 from mmsent.packaging.archive import ROOT
 from mmsent.packaging.kserve import (
     GATEWAY_GRPC_PORT,
@@ -133,6 +134,9 @@ def cluster_serving_runtime(gpu: bool) -> dict[str, Any]:
                 "image": image(gpu),
                 "command": list(POD_COMMAND),
                 "args": [pod_script(gpu)],
+                # the serving workers' environment (mmsent.config.WORKER_ENV, measured reason
+                # there); TorchServe passes it on to its Python workers
+                "env": [{"name": k, "value": v} for k, v in WORKER_ENV.items()],
                 "resources": {"requests": dict(limits), "limits": dict(limits)},
                 "securityContext": SECURITY_CONTEXT,
             }],

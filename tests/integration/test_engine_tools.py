@@ -35,7 +35,7 @@ def test_compare_engines_smoke(tiny_build: tuple[Path, Path], tmp_path: Path) ->
         assert point["server_cpu_ms_per_request"]["worker"] > 0
     assert result["points"]["torchserve@4"]["server_cpu_ms_per_request"]["frontend"] > 0
     assert result["in_process_req_s"] > 0 and result["machine"]["cpu_model"]
-    assert "torchserve p99 / LitServe p99" in (tmp_path / "engines.md").read_text()
+    assert "torchserve p99 / litserve p99" in (tmp_path / "engines.md").read_text()
 
 
 def test_recommend_batching_smoke(tiny_build: tuple[Path, Path], tmp_path: Path) -> None:

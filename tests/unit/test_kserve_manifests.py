@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mmsent.config import WORKER_ENV
 from mmsent.packaging import kserve_manifests as km
 from mmsent.packaging.kserve import (
     GATEWAY_TIMEOUT_MARGIN_S,
@@ -104,7 +105,9 @@ def test_runtime_is_kserves_torchserve_runtime_pinned_with_our_gateway(gpu: bool
         "--request-timeout", str(timeout + GATEWAY_TIMEOUT_MARGIN_S),
     ]  # fmt: skip
     assert container["image"].endswith(f":{TORCHSERVE_VERSION}{'-gpu' if gpu else ''}")
-    assert "env" not in container  # no TS_SERVICE_ENVELOPE: pytorch/serve#2158
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert "TS_SERVICE_ENVELOPE" not in env  # pytorch/serve#2158: it breaks dynamic batching
+    assert env == WORKER_ENV  # the serving workers' measured environment, and nothing else
     assert runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]  # the gateway has no v1
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == str(METRICS_PORT)
     assert f"ARG BASE_IMAGE={kfs_image(False)}" in km.dockerfile()
