@@ -26,7 +26,7 @@ from mmsent.serving.explain import EXPLAIN_HEADER
 from mmsent.serving.limits import RequestLimits
 from mmsent.serving.logs import OneLine
 from mmsent.serving.messages import Request
-from mmsent.serving.pipeline import SentimentPipeline
+from mmsent.serving.pipeline import SentimentPipeline, cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,12 @@ class FusionSentimentHandler(BaseHandler):
         device = serving_device(props.get("gpu_id"), torch.cuda.is_available())
         if device.startswith("cuda"):
             torch.cuda.set_device(device)  # allocations without an explicit device land here too
-        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        config = getattr(context, "model_yaml_config", None) or {}
+        settings = config.get("handler") or {}
         limits = RequestLimits.from_mapping(settings.get("limits"))
+        if device == "cpu":  # the cores split between this model's workers
+            torch.set_num_threads(cpu_threads(int(config.get("maxWorkers", 1)),
+                                              settings.get("threads")))  # fmt: skip
         self.pipeline = SentimentPipeline.from_dir(props["model_dir"], device, limits=limits)
         self.pipeline.warmup()
         model = (getattr(context, "manifest", None) or {}).get("model") or {}
@@ -79,8 +83,8 @@ class FusionSentimentHandler(BaseHandler):
                                  model.get("modelVersion"))  # fmt: skip
         self.context, self.initialized = context, True
         logging.getLogger().addFilter(CLIENT_BODY_LOGS)  # TorchServe logs on the root logger
-        logger.info("gpu_id=%s assigned, loaded on %s in %s; serving code from %s",
-                    props.get("gpu_id"), device, self.pipeline.dtype,
+        logger.info("gpu_id=%s assigned, loaded on %s in %s, %d threads; serving code from %s",
+                    props.get("gpu_id"), device, self.pipeline.dtype, torch.get_num_threads(),
                     Path(exchange_module.__file__).parent)  # fmt: skip
 
     def handle(self, data: list[dict[str, Any]], context: Context) -> list[str]:

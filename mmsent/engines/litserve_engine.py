@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import litserve as ls
+import torch
 from fastapi import Request as HttpRequest
 from fastapi import Response
 from litserve.specs.base import LitSpec
@@ -39,7 +40,7 @@ from mmsent.serving.exchange import Exchange
 from mmsent.serving.explain import EXPLAIN_HEADER
 from mmsent.serving.limits import RequestLimits
 from mmsent.serving.messages import JSON, Request
-from mmsent.serving.pipeline import SentimentPipeline
+from mmsent.serving.pipeline import SentimentPipeline, cpu_threads
 
 logger = logging.getLogger(__name__)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -114,14 +115,18 @@ class ExchangeAPI(ls.LitAPI):
     """One LitServe worker: the archive's pipeline behind ``Exchange.run``."""
 
     def __init__(self, model_dir: str | Path, model_name: str = DEFAULT_MODEL_NAME,
-                 limits: RequestLimits | None = None, **kwargs: Any) -> None:  # fmt: skip
+                 limits: RequestLimits | None = None, workers: int = 1,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(spec=ExchangeSpec(model_name), **kwargs)
         self.model_dir = str(model_dir)
         self.model_name = model_name
         self.limits = limits or RequestLimits()
+        self.workers = workers  # worker processes sharing the CPU (threads split between them)
 
     def setup(self, device: str) -> None:
         """Load the unpacked archive on the device LitServe assigned (``cpu``, ``cuda:N``)."""
+        if str(device).startswith("cpu"):
+            torch.set_num_threads(cpu_threads(self.workers))
         pipeline = SentimentPipeline.from_dir(self.model_dir, device, limits=self.limits)
         pipeline.warmup()
         self.exchange = Exchange(pipeline, self.model_name)
@@ -159,8 +164,8 @@ def build_server(
     limits: RequestLimits | None = None,
 ) -> ls.LitServer:
     """A LitServer for the unpacked archive at ``model_dir`` (dynamic batching as given)."""
-    api = ExchangeAPI(model_dir, model_name, limits, max_batch_size=max_batch_size,
-                      batch_timeout=batch_timeout)  # fmt: skip
+    api = ExchangeAPI(model_dir, model_name, limits, workers_per_device,
+                      max_batch_size=max_batch_size, batch_timeout=batch_timeout)  # fmt: skip
     # max_payload_size: the same body limit TorchServe's max_request_size sets (413 beyond it)
     return ls.LitServer(api, accelerator=accelerator, devices=devices,
                         workers_per_device=workers_per_device, timeout=timeout,

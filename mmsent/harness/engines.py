@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import torch
 import yaml
 
 from mmsent.config import DEFAULT_MODEL_NAME
@@ -45,7 +46,7 @@ from mmsent.harness.stats import percentile
 from mmsent.harness.torchserve import TorchServe
 from mmsent.harness.workload import make_payloads
 from mmsent.serving.exchange import Exchange
-from mmsent.serving.pipeline import SentimentPipeline
+from mmsent.serving.pipeline import SentimentPipeline, cpu_threads
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = DEFAULT_MODEL_NAME
@@ -108,11 +109,11 @@ def serve(engine: str, mar: Path, env: dict[str, str] | None = None,
         yield Engine(engine, f"{ls.inference_url}/predictions/{MODEL}", roles)
 
 
-def threads_of(engine: str) -> int:
-    """The worker's intra-op threads: OMP_NUM_THREADS where the variant sets it, else torch's
-    default (one per core)."""
+def threads_of(engine: str, workers: int) -> int:
+    """A worker's intra-op threads: OMP_NUM_THREADS where the variant sets it, else what both
+    engines give each of ``workers`` CPU workers (``pipeline.cpu_threads``)."""
     variant_env = VARIANTS[engine.split(":", 1)[1]][0] if ":" in engine else {}
-    return int(variant_env.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+    return int(variant_env.get("OMP_NUM_THREADS", cpu_threads(workers)))
 
 
 def _cpu_s(procs: list[psutil.Process]) -> float:
@@ -219,8 +220,12 @@ def drive(
     }  # fmt: skip
 
 
-def in_process_ceiling(mar: Path, bodies: list[bytes], batch: int, seconds: float) -> float:
-    """Requests/s of ``Exchange.run`` on batches of ``batch`` requests, in this process."""
+def in_process_ceiling(mar: Path, bodies: list[bytes], batch: int, seconds: float,
+                       workers: int = 1) -> float:  # fmt: skip
+    """Requests/s of ``Exchange.run`` on batches of ``batch`` requests in this process, with one
+    worker's share of the threads, times ``workers`` (independent workers on their own cores:
+    the most ``workers`` served workers can do)."""
+    torch.set_num_threads(cpu_threads(workers))
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(mar) as archive:
             archive.extractall(tmp)
@@ -233,7 +238,7 @@ def in_process_ceiling(mar: Path, bodies: list[bytes], batch: int, seconds: floa
             start = time.perf_counter()
             exchange.predict(reqs)
             times.append(time.perf_counter() - start)
-    return round(batch / statistics.median(times), 2)
+    return round(workers * batch / statistics.median(times), 2)
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -265,7 +270,8 @@ def markdown(result: dict[str, Any]) -> str:
     machine = result["machine"]
     lines = [f"# Engines on one archive ({machine['cpu_model']}, {machine['logical_cores']} "
              f"cores, {result['date']})", "",
-             f"batchSize {result['batch']}, maxBatchDelay {result['delay_ms']} ms, payload "
+             f"{result['workers']} worker(s), batchSize {result['batch']}, maxBatchDelay "
+             f"{result['delay_ms']} ms, payload "
              f"{result['payload']}, {result['rounds']} rounds of {result['seconds']} s, "
              f"in-process ceiling {result['in_process_req_s']} req/s; load average at start "
              f"{machine['loadavg'][0]}, at end {result['load_avg_end']}.", "",
@@ -311,13 +317,16 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.seconds, args.warmup, args.concurrency = 1, 2.0, 1.0, [4]
     settings = yaml.safe_load(zipfile.ZipFile(args.mar).read("model-config.yaml"))
     batch, delay = int(settings["batchSize"]), int(settings["maxBatchDelay"])
+    workers = int(settings.get("maxWorkers", 1))
     bodies = [p.json_body for p in make_payloads(16)[args.payload]]
     out = results_dir("engines", args.out)
     result: dict[str, Any] = {
         "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"),
         "mar": str(args.mar), "batch": batch, "delay_ms": delay, "payload": args.payload,
         "rounds": args.rounds, "seconds": args.seconds,
-        "in_process_req_s": in_process_ceiling(args.mar, bodies, batch, 3 if args.smoke else 15),
+        "workers": workers,
+        "in_process_req_s": in_process_ceiling(args.mar, bodies, batch, 3 if args.smoke else 15,
+                                               workers),
     }  # fmt: skip
     runs = []
     for r in range(args.rounds):
@@ -328,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                     if args.profile else None  # fmt: skip
                 with serve(engine, args.mar) as server:  # fresh server per run
                     run = drive(server, bodies, concurrency, args.warmup, args.seconds, profile,
-                                threads_of(engine))
+                                threads_of(engine, workers))
                 run.update(engine=engine, concurrency=concurrency, round=r)
                 print(f"[engines] round {r} {engine} @{concurrency}: {run['req_s']} req/s, "
                       f"p99 {run['latency_ms']['p99']} ms", flush=True)  # fmt: skip

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds; default: the archive's maxBatchDelay")
     parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
     parser.add_argument("--devices", default="auto", help='"auto" or a count')
-    parser.add_argument("--workers-per-device", type=int, default=1)
+    parser.add_argument("--workers-per-device", type=int, default=None,
+                        help="default: the archive's maxWorkers (model-config.yaml)")
     args = parser.parse_args(argv)
     model_dir = args.model_dir or unpack(args.mar, Path(tempfile.mkdtemp(prefix="mmsent-mar-")))
     settings = archive_settings(model_dir)
@@ -72,10 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     if timeout is None:
         timeout = float(settings.get("maxBatchDelay", 30)) / 1000
     devices = args.devices if args.devices == "auto" else int(args.devices)
+    workers = args.workers_per_device or int(settings.get("maxWorkers", 1))
     for name, value in WORKER_ENV.items():  # inherited by the worker processes LitServe spawns
         os.environ.setdefault(name, value)
     server = build_server(model_dir, args.model_name, max_batch, timeout, args.accelerator,
-                          devices, args.workers_per_device,
+                          devices, workers,
                           limits=RequestLimits.from_mapping(handler.get("limits")))  # fmt: skip
     print(f"[litserve] {args.model_name} from {model_dir}: batch <= {max_batch}, "
           f"wait <= {timeout * 1000:.0f} ms, http://{args.host}:{args.port}", flush=True)

@@ -73,6 +73,16 @@ def resolve_dtype(precision: str, device: str | torch.device) -> torch.dtype:
     return DTYPES[precision]
 
 
+def cpu_threads(workers: int, configured: int | None = None) -> int:
+    """torch threads for one of ``workers`` CPU workers: ``configured``, else the cores split
+    evenly. Measured on the 2-core EPYC: 2 workers x 1 thread served 1.9x the requests of
+    1 worker x 2 threads at a lower p95 (handlers/model-config.yaml); 2 workers x 2 threads
+    would oversubscribe the cores."""
+    if configured:
+        return max(1, int(configured))
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 def optimize_loaded(
     model: torch.jit.ScriptModule, device: str, dtype: torch.dtype = torch.float32
 ) -> torch.jit.ScriptModule:
