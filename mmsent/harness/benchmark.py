@@ -44,6 +44,7 @@ import torch
 from mmsent.config import DEFAULT_MODEL_NAME, ModelConfig
 from mmsent.harness.loadgen import ClosedLoop
 from mmsent.harness.machine import busiest_processes, machine_info, results_dir
+from mmsent.harness.markdown import table
 from mmsent.harness.prometheus import scrape, server_window
 from mmsent.harness.stats import percentile
 from mmsent.harness.torchserve import TorchServe
@@ -385,19 +386,16 @@ def runtime_markdown(result: dict[str, Any]) -> str:
 
 def device_markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
+    header = ["precision", "batch", "model only (items/s)", "pipeline (items/s)",
+              "preprocess share", "served (req/s)", "served / pipeline", "batch formed",
+              "GPU util %"]  # fmt: skip
+    rows = [[precision, b, r["model_only_items_s"], r["pipeline_items_s"],
+             f"{100 * r['preprocess_share']:.0f}%", r.get("served_rps"),
+             r.get("served_over_pipeline"), r.get("served_batch_formed"), r.get("gpu_util_pct")]
+            for precision, by_batch in result["precisions"].items()
+            for b, r in by_batch.items()]  # fmt: skip
     lines = [f"Device: {result['device']} ({m['gpu'] or m['cpu_model']}), torch "
-             f"{m['torch_version']}, payload `{result['payload']}`.", "",
-             "| precision | batch | model only (items/s) | pipeline (items/s) | preprocess share "
-             "| served (req/s) | served / pipeline | batch formed | GPU util % |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for precision, rows in result["precisions"].items():
-        for b, r in rows.items():
-            lines.append(
-                f"| {precision} | {b} | {r['model_only_items_s']} | {r['pipeline_items_s']} | "
-                f"{100 * r['preprocess_share']:.0f}% | {r.get('served_rps', '')} | "
-                f"{r.get('served_over_pipeline', '')} | {r.get('served_batch_formed', '')} | "
-                f"{r.get('gpu_util_pct') if r.get('gpu_util_pct') is not None else ''} |"
-            )
+             f"{m['torch_version']}, payload `{result['payload']}`.", "", *table(header, rows, 2)]
     return "\n".join(lines) + "\n"
 
 
@@ -414,12 +412,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=24, help="requests in flight when served")
     p.add_argument("--served-seconds", type=float, default=None)
     p.add_argument("--max-load", type=float, default=0.7)
-    p.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=None,
-        help="minutes to wait for a quiet machine (default 20, quick 0)",
-    )
+    p.add_argument("--wait-quiet", type=float, default=None,
+                   help="minutes to wait for a quiet machine (default 20, quick 0)")
     p.add_argument(
         "--threads",
         type=int,

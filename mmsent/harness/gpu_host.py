@@ -60,6 +60,7 @@ from typing import Any
 
 from mmsent.config import DEFAULT_MODEL_NAME, MODEL_FILENAME, TOKENIZER_FILES
 from mmsent.harness.gpu_pack import ROOTS
+from mmsent.harness.markdown import table
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES: tuple[str, ...] = ("env", "tests", "sweep", "served")
@@ -974,18 +975,16 @@ def summarize(out: Path) -> str:
         lines.append("")
     if sweep.get("precisions"):
         model = sweep.get("model", {})
+        header = ["precision", "batch", "model only items/s", "in-process items/s",
+                  "preprocess share", "GPU util model / in-process %", "peak MiB"]
+        rows = [[precision, batch, r["model_only_items_s"], r["pipeline_items_s"],
+                 r["preprocess_share"], f"{_cell(r.get('gpu_util_model_pct'))} / "
+                 f"{_cell(r.get('gpu_util_pipeline_pct'))}", _cell(r.get("peak_mem_mib"))]
+                for precision, by_batch in sweep["precisions"].items()
+                for batch, r in by_batch.items()]  # fmt: skip
         lines += [f"In process, {model.get('kind')} model ({model.get('params')} parameters, "
                   f"random weights), payload `{sweep.get('payload')}`:", "",
-                  "| precision | batch | model only items/s | in-process items/s | preprocess "
-                  "share | GPU util model / in-process % | peak MiB |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for precision, rows in sweep["precisions"].items():
-            for batch, r in rows.items():
-                lines.append(f"| {precision} | {batch} | {r['model_only_items_s']} | "
-                             f"{r['pipeline_items_s']} | {r['preprocess_share']} | "
-                             f"{_cell(r.get('gpu_util_model_pct'))} / "
-                             f"{_cell(r.get('gpu_util_pipeline_pct'))} | "
-                             f"{_cell(r.get('peak_mem_mib'))} |")  # fmt: skip
+                  *table(header, rows, 2)]
         lines.append("")
     if served.get("points"):
         lines += [f"Served: {served.get('label')}", "",

@@ -121,16 +121,12 @@ class AttentionFusion(FusionHead):
         self.norm2 = nn.LayerNorm(d)
         self.classifier = nn.Linear(d, cfg.num_labels)
 
-    def forward(
-        self,
-        text_tokens: Tensor,
-        text_mask: Tensor,
-        image_tokens: Tensor,
-        has_text: Tensor,
-        has_image: Tensor,
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """The base class's five inputs; with ``image_input="evidence"`` the image enters as its
+        classifier's evidence (one token) instead of projected feature tokens."""
         if not self.evidence:
-            return super().forward(text_tokens, text_mask, image_tokens, has_text, has_image)
+            return super().forward(*inputs)
+        text_tokens, text_mask, image_tokens, has_text, has_image = inputs
         return self.forward_evidence(
             text_tokens, text_mask, self.image_classifier(image_tokens), has_text, has_image
         )
