@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import MODEL_NAME
+from conftest import MODEL_NAME, SERVED_BATCHING
 from mmsent.clients.health import check_readiness
 from mmsent.clients.health import main as health_main
 from mmsent.harness.torchserve import TorchServe
@@ -48,7 +48,8 @@ def _ping(ts: TorchServe) -> tuple[int, str]:
 
 def test_readiness_passes_on_a_working_server(own_server: TorchServe) -> None:
     verdict = _ready(own_server)
-    assert verdict.ready and verdict.ready_workers == 1 and verdict.probe_status == 200
+    workers = SERVED_BATCHING["maxWorkers"]  # the archive's model-config.yaml
+    assert verdict.ready and verdict.ready_workers == workers and verdict.probe_status == 200
     args = ["--inference-url", own_server.inference_url, "--management-url",
             own_server.management_url, "--model", MODEL_NAME]  # fmt: skip
     assert health_main(args) == 0

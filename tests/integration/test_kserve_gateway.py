@@ -247,7 +247,8 @@ def test_ready_routes_follow_torchserves_worker(pod: KServeGatewayPod) -> None:
     assert requests.get(ready_url, timeout=10).status_code == 200
     pids = [w["pid"] for w in (pod.describe() or {}).get("workers", [])]
     assert pids
-    os.kill(pids[0], signal.SIGKILL)  # the worker of the TorchServe this test started
+    for pid in pids:  # every worker of the TorchServe this test started: none is READY
+        os.kill(pid, signal.SIGKILL)
     seen: list[tuple[int, int]] = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
