@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from mmsent.config import DEFAULT_MODEL_NAME
-from mmsent.harness.loadgen import ClosedLoop
+from mmsent.harness.benchmark import closed_loop
 from mmsent.harness.machine import machine_info, results_dir
 from mmsent.harness.stats import percentile
 from mmsent.harness.torchserve import TorchServe
@@ -58,17 +58,10 @@ def measure(store: Path, folder: str, threads: int, bodies: list[bytes], concurr
             warmup_s: float, seconds: float) -> dict[str, Any]:  # fmt: skip
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with TorchServe(store, {MODEL: folder}, env=env) as ts:
-        url = f"{ts.inference_url}/predictions/{MODEL}"
-        with ClosedLoop(url, bodies, concurrency, timeout=120, keep_answers=True) as load:
-            time.sleep(warmup_s)
-            start = load.now()
-            time.sleep(seconds)
-            end = load.now()
-    done = [s for s in load.snapshot() if start <= s.done <= end]
-    ok = [s for s in done if s.status == 200]
-    latencies = [s.latency * 1000 for s in ok]
-    batches = [int(s.answer.get("batch_size", 0)) for s in ok]
-    return {"req_s": round(len(ok) / (end - start), 2), "errors": len(done) - len(ok),
+        run, elapsed = closed_loop(f"{ts.inference_url}/predictions/{MODEL}", bodies,
+                                   concurrency, warmup_s, seconds)  # fmt: skip
+    latencies, batches = run.latencies_ms, run.batch_sizes
+    return {"req_s": round(run.completed / elapsed, 2), "errors": run.errors,
             "p50_ms": percentile(latencies, .5, 1), "p95_ms": percentile(latencies, .95, 1),
             "p99_ms": percentile(latencies, .99, 1),
             "mean_batch": round(sum(batches) / len(batches), 2) if batches else 0.0}  # fmt: skip
