@@ -66,10 +66,11 @@ class BatchBudget:
     @staticmethod
     def _check(cost: int, used: int, unit: str, alone: tuple[int, str],
                batch: tuple[int, str]) -> None:  # fmt: skip
-        """413 over the per-request limit ``alone``; 503 over what is left of ``batch``."""
-        (most, name), (budget, budget_name) = alone, batch
-        if cost > min(most, budget):
-            most, name = (most, name) if most <= budget else (budget, budget_name)
+        """413 over the per-request limit ``alone`` (or the whole batch budget, if smaller);
+        503 over what is left of ``batch``."""
+        most, name = min(alone, batch, key=lambda limit: limit[0])
+        budget, budget_name = batch
+        if cost > most:
             raise BudgetExceeded(
                 f"this request needs {cost} {unit}; at most {most} are allowed ({name}): "
                 "send smaller images or fewer items per request", 413)  # fmt: skip

@@ -309,13 +309,11 @@ class SentimentPipeline:
         return batch.outputs
 
     # -- answer -----------------------------------------------------------------------------
-    def postprocess(
-        self, batch: Batch, outputs: tuple[Tensor, Tensor] | None = None
-    ) -> list[dict[str, Any] | RequestError]:
+    def postprocess(self, batch: Batch) -> list[dict[str, Any] | RequestError]:
         """Per input, in input order: its answer (label, probabilities, contributions,
-        modalities, text_truncated) or the RequestError it failed with."""
+        modalities, text_truncated) from ``batch.outputs``, or the RequestError it failed with."""
         start = time.perf_counter()
-        outputs = outputs if outputs is not None else batch.outputs
+        outputs = batch.outputs
         answers: list[dict[str, Any] | RequestError] = [
             batch.errors.get(pos, RequestError("internal error: input not run", 500))
             for pos in range(batch.size)
